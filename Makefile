@@ -1,0 +1,47 @@
+# The two commands of the README: `make run` (the pipeline) and `make test` (the tests).
+# Each creates .venv from the pinned lock file when missing, so a fresh clone needs nothing else.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.reproseg-installed
+CORES  ?= all
+# Offline-safe defaults for the libraries (no telemetry or cloud probes).
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: run test lint lock system-deps benchmarks clean
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/ruff check src tests scripts benchmarks
+
+# Virtual environment from the lock file (torch==2.13.0 is the CPU build served here).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+# Services the tests start themselves: headless Chromium, and SLURM + munge for the HPC tests.
+system-deps:
+	bash tests/system_deps.sh
+
+# Regenerate the lock file from requirements.in (maintainers only).
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet -r requirements.in
+	.lockenv/bin/pip freeze --exclude-editable | grep -v '^reproseg' > requirements.lock
+	rm -rf .lockenv
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf results logs .snakemake

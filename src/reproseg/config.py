@@ -1,0 +1,286 @@
+"""The validated configuration model of a ReproSeg run.
+
+The pydantic model below is the single source of truth for the configuration: the
+JSON Schema in ``workflow/schemas/config.schema.yaml`` is generated from it
+(``reproseg schema``) and a test keeps the two in sync, so Snakemake's own
+``validate()`` and the library agree on every key and default.
+
+``config.yaml`` holds scientific settings only; threads, memory and cluster settings
+belong in Snakemake profiles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The worked example's label map: background and the 8 Couinaud segments.
+COUINAUD_LABELS: dict[int, str] = {
+    0: "background",
+    1: "segment_I",
+    2: "segment_II",
+    3: "segment_III",
+    4: "segment_IVa_b",
+    5: "segment_V",
+    6: "segment_VI",
+    7: "segment_VII",
+    8: "segment_VIII",
+}
+
+
+class _Strict(BaseModel):
+    """Base: unknown keys are an error, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticSource(_Strict):
+    """Settings of the embedded synthetic CT liver generator."""
+
+    seed: int = Field(42, description="Seed of the generator; same seed -> byte-identical files.")
+    n_subjects: int = Field(12, ge=2, description="Number of simulated patients.")
+    multi_scan_fraction: float = Field(
+        0.35, ge=0, le=1, description="Fraction of patients that get a second scan (follow-up)."
+    )
+    shape: list[int] = Field(
+        [64, 64, 64], min_length=3, max_length=3, description="Voxel grid (x, y, z) of each volume."
+    )
+    n_annotators: int = Field(
+        2, ge=1, description="Annotators per scan; >1 gives rater labels that disagree at boundaries."
+    )
+    rater_disagreement_mm: float = Field(
+        1.5, ge=0, description="Scale (mm) of the boundary displacement between annotators."
+    )
+    lesion_probability: float = Field(0.3, ge=0, le=1, description="Chance a scan has lesions.")
+    noise_hu: float = Field(12.0, ge=0, description="Standard deviation of the image noise (HU).")
+
+
+class LocalSource(_Strict):
+    """A dataset on disk: MSD / nnU-Net raw layout or a table of files."""
+
+    layout: Literal["msd", "table"] = Field("msd", description="msd (dataset.json) or table (CSV/TSV).")
+    path: str = Field("", description="Dataset folder (msd) or CSV/TSV file (table).")
+
+
+class OmeroSource(_Strict):
+    """An OMERO server. The password / session key come ONLY from environment variables."""
+
+    host: str = Field("", description="OMERO server host name.")
+    port: int = Field(4064, description="OMERO server port.")
+    user: str = Field("", description="User name (may also come from OMERO_USER).")
+    group: str = Field("", description="OMERO group to read from (empty: the user's default).")
+    project: int | None = Field(None, description="Select images by Project ID.")
+    dataset: int | None = Field(None, description="Select images by Dataset ID.")
+    image_ids: list[int] = Field(default_factory=list, description="Select images by Image IDs.")
+    tag: str = Field("", description="Select images carrying this tag (text).")
+    label_source: Literal["file", "mask", "polygon"] = Field(
+        "file", description="Where labels live: file annotation, Mask ROIs or Polygon ROIs."
+    )
+    label_namespace: str = Field(
+        "reproseg.label", description="Namespace of label FileAnnotations."
+    )
+    spacing: list[float] | None = Field(
+        None, description="Voxel spacing (x, y, z) mm to use when PhysicalSizes are missing."
+    )
+    retries: int = Field(3, ge=0, description="Retries with a fresh connection on connection loss.")
+
+
+class SourceConfig(_Strict):
+    kind: Literal["synthetic", "local", "omero"] = Field("synthetic", description="Data source.")
+    synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    local: LocalSource = Field(default_factory=LocalSource)
+    omero: OmeroSource = Field(default_factory=OmeroSource)
+
+
+class QCConfig(_Strict):
+    """Input quality control policies."""
+
+    spacing_tolerance: float = Field(1e-3, ge=0, description="Image/label spacing tolerance (mm).")
+    orientation: Literal["reorient", "fail"] = Field(
+        "reorient", description="Cases not in the canonical orientation: reorient (RAS) or fail."
+    )
+    empty_foreground: Literal["error", "warn", "exclude"] = Field(
+        "error", description="Policy for a label with no foreground voxel."
+    )
+    spacing_range_mm: list[float] = Field(
+        [0.2, 10.0], min_length=2, max_length=2, description="Plausible voxel spacing range (mm)."
+    )
+    intensity_range: list[float] = Field(
+        [-1100.0, 4000.0], min_length=2, max_length=2, description="Plausible intensities (CT HU)."
+    )
+
+
+class SplitConfig(_Strict):
+    """Grouped, stable k-fold splits with a held-out test set."""
+
+    seed: int = Field(0, description="Seed of the split hash.")
+    k: int = Field(3, ge=2, description="Number of cross-validation folds.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of subjects held out for test.")
+    group_by: str = Field("subject_id", description="Manifest column that groups cases (patient).")
+    stratify_by: str | None = Field(None, description="Optional manifest column to stratify on.")
+    fixed_file: str | None = Field(
+        None, description="Use this published splits.json instead of computing splits."
+    )
+
+
+class ModelConfig(_Strict):
+    """One network architecture, built by reproseg.models.build_model."""
+
+    arch: Literal["UNet", "SegResNet"] = Field("UNet", description="MONAI architecture.")
+    channels: list[int] = Field([16, 32, 64, 128], description="UNet feature channels per level.")
+    strides: list[int] = Field([2, 2, 2], description="UNet down-sampling strides.")
+    num_res_units: int = Field(0, ge=0, description="UNet residual units per block.")
+    init_filters: int = Field(8, ge=1, description="SegResNet initial filters.")
+    blocks_down: list[int] = Field([1, 2, 2], description="SegResNet blocks per down level.")
+    dropout: float = Field(0.0, ge=0, le=1, description="Dropout probability.")
+
+
+class TrainConfig(_Strict):
+    """Training settings shared by every (model, fold, seed) job."""
+
+    models: dict[str, ModelConfig] = Field(
+        default_factory=lambda: {"unet": ModelConfig()},
+        description="Models to train, by name.",
+    )
+    seeds: list[int] = Field([0, 1], min_length=1, description="Training seeds (one job each).")
+    epochs: int = Field(30, ge=1, description="Training epochs.")
+    steps_per_epoch: int = Field(20, ge=1, description="Optimiser steps per epoch.")
+    batch_size: int = Field(2, ge=1, description="Patches per step.")
+    patch_size: list[int] = Field([48, 48, 48], min_length=3, max_length=3, description="Patch size.")
+    foreground_ratio: float = Field(
+        0.67, ge=0, le=1, description="Share of patches centred on foreground."
+    )
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="Adam weight decay.")
+    val_every: int = Field(5, ge=1, description="Validate every N epochs (model selection).")
+    checkpoint_every: int = Field(5, ge=1, description="Write a resumable checkpoint every N epochs.")
+    intensity_percentiles: list[float] = Field(
+        [0.5, 99.5], min_length=2, max_length=2,
+        description="Clip percentiles learned on the fold's training cases only.",
+    )
+    augment: bool = Field(True, description="Seeded flips / intensity augmentation.")
+    amp: bool = Field(True, description="Mixed precision when a GPU is present.")
+    num_workers: int = Field(0, ge=0, description="Data-loader workers (seeded).")
+    label_target: Literal["primary", "staple", "majority"] = Field(
+        "primary", description="Training target when several annotators exist."
+    )
+
+
+class EvaluateConfig(_Strict):
+    nsd_tolerance_mm: float = Field(2.0, gt=0, description="Normalised surface Dice tolerance (mm).")
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for 95 % CIs.")
+    baselines: list[Literal["threshold_atlas"]] = Field(
+        ["threshold_atlas"], description="Classical baselines evaluated on the same folds."
+    )
+    ensemble: bool = Field(True, description="Also evaluate the fold ensemble on the test set.")
+
+
+class MlflowConfig(_Strict):
+    enabled: bool = Field(True, description="Publish runs and the model to MLflow.")
+    tracking_uri: str = Field(
+        "", description="Tracking URI; empty: MLFLOW_TRACKING_URI or sqlite under results/."
+    )
+    experiment: str = Field("reproseg", description="MLflow experiment name.")
+    registered_model: str = Field("reproseg-liver", description="Registry name of the final model.")
+    alias: str = Field("champion", description="Registry alias given to the published version.")
+    final_model: Literal["ensemble", "best_fold"] = Field(
+        "best_fold", description="Which model is registered."
+    )
+
+
+class BioimageioConfig(_Strict):
+    enabled: bool = Field(True, description="Export a BioImage.IO model package.")
+    name: str = Field("ReproSeg liver Couinaud segments", description="Model name in rdf.yaml.")
+    license: str = Field("MIT", description="SPDX license of the model.")
+    authors: list[str] = Field(["ReproSeg developers"], description="Model authors.")
+
+
+class PublishConfig(_Strict):
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    bioimageio: BioimageioConfig = Field(default_factory=BioimageioConfig)
+
+
+class MetadataConfig(_Strict):
+    """Study-level facts for the FAIR description (MIAPPE or REMBI)."""
+
+    standard: Literal["rembi", "miappe"] = Field("rembi", description="Metadata standard.")
+    title: str = Field("Synthetic CT liver Couinaud segmentation", description="Study title.")
+    description: str = Field(
+        "Synthetic portal-venous CT volumes with the 8 Couinaud liver segments.",
+        description="Study description.",
+    )
+    organism: str = Field("Homo sapiens", description="Organism imaged.")
+    imaging_method: str = Field("computed tomography", description="Imaging method.")
+    license: str = Field("CC-BY-4.0", description="Data license.")
+    contact: str = Field("", description="Contact e-mail or ORCID of the study.")
+
+
+class Config(_Strict):
+    """A whole ReproSeg run."""
+
+    run_name: str = Field("synthetic-liver", description="Name of this study / run.")
+    labels: dict[int, str] = Field(
+        default_factory=lambda: dict(COUINAUD_LABELS),
+        description="Label value -> name; 0 is background.",
+    )
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    qc: QCConfig = Field(default_factory=QCConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> "Config":
+        if 0 not in self.labels:
+            raise ValueError("labels: the label map must contain 0 (background)")
+        return self
+
+    @property
+    def foreground_labels(self) -> dict[int, str]:
+        """Label map without background."""
+        return {k: v for k, v in sorted(self.labels.items()) if k != 0}
+
+
+def load_config(path: str | Path | dict[str, Any]) -> Config:
+    """Load and validate a config file (or an already-parsed dict, e.g. Snakemake's ``config``)."""
+    if isinstance(path, dict):
+        return Config.model_validate(path)
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{p}: cannot read config: {exc}") from exc
+    try:
+        return Config.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError: re-raise naming the file
+        raise ValueError(f"{p}: invalid config:\n{exc}") from exc
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config, as committed in workflow/schemas/config.schema.yaml."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def cli(argv: list[str]) -> int:
+    """``reproseg schema [--check FILE]``: print the schema, or check a committed copy."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="reproseg schema", description=cli.__doc__)
+    parser.add_argument("--check", help="fail if this schema file differs from the model")
+    args = parser.parse_args(argv)
+    text = yaml.safe_dump(json_schema(), sort_keys=True)
+    if args.check:
+        committed = yaml.safe_load(Path(args.check).read_text())
+        if committed != json_schema():
+            print(f"{args.check}: out of date; regenerate with `reproseg schema > {args.check}`")
+            return 1
+        return 0
+    print(text, end="")
+    return 0

@@ -1,0 +1,1 @@
+"""Publishing: MLflow tracking and registry, BioImage.IO packages."""
