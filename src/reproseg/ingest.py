@@ -1,0 +1,201 @@
+"""Ingest: fetch a dataset from its source, canonicalise it, and write the manifest.
+
+One entry point for every source (``source.kind``): synthetic, local (MSD / table) or
+OMERO. Sources write NIfTI files under ``<out>/raw``; ingest then
+
+1. canonicalises every image and label to RAS (``nibabel.as_closest_canonical``) and
+   records the source orientation, so that every later step sees one orientation;
+2. when ``train.label_target`` is ``staple`` or ``majority`` and a case has several
+   annotators, writes their consensus (:func:`reproseg.raters.consensus`) as the case's
+   training label, keeping each rater's file for the inter-rater analysis;
+3. writes ``manifest.tsv`` / ``manifest.json`` (:mod:`reproseg.manifest`).
+
+A case that fails names itself and its file; the files of the cases already written
+stay in place (atomic writes), so nothing good is lost and a rerun sees what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+
+from reproseg.config import Config, load_config
+from reproseg.io import load_nifti, orientation_code, save_nifti
+from reproseg.logs import get_logger, setup_logging
+from reproseg.manifest import build_manifest, describe_case, write_manifest
+from reproseg.sources.base import CaseRecord
+
+log = get_logger("ingest")
+
+CANONICAL = "RAS"
+
+
+def fetch_records(cfg: Config, raw_dir: Path) -> list[CaseRecord]:
+    """Run the configured source; its modules are imported only when used (omero-py is optional)."""
+    kind = cfg.source.kind
+    if kind == "synthetic":
+        from reproseg.sources.synthetic import generate_dataset
+
+        return generate_dataset(cfg.source.synthetic, cfg.labels, raw_dir)
+    if kind == "local":
+        from reproseg.sources.local import load_local
+
+        return load_local(cfg.source.local, cfg.labels, raw_dir)
+    if kind == "omero":
+        from reproseg.sources.omero import fetch
+
+        return fetch(cfg.source.omero, cfg.labels, raw_dir)
+    raise ValueError(f"source.kind: unknown source {kind!r}")
+
+
+def source_description(cfg: Config) -> dict[str, Any]:
+    """The source's kind and settings for the manifest and rule params.
+
+    Only the active source's settings: editing the OMERO block does not invalidate a
+    synthetic run. The config never holds secrets (they come from environment variables).
+    """
+    kind = cfg.source.kind
+    return {"kind": kind, "settings": getattr(cfg.source, kind).model_dump()}
+
+
+def canonicalise(path: str | Path) -> str:
+    """Rewrite a NIfTI file in RAS orientation if it is not; return its source orientation.
+
+    ``as_closest_canonical`` only permutes and flips axes (no resampling), so voxel values
+    are unchanged and labels stay labels.
+    """
+    p = Path(path)
+    try:
+        img = nib.load(str(p))
+        source = orientation_code(img.affine)
+        if source != CANONICAL:
+            canon = nib.as_closest_canonical(img)
+            save_nifti(p, np.asanyarray(canon.dataobj), canon.affine)
+            log.info("%s: reoriented %s -> %s", p, source, orientation_code(canon.affine))
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{p}: cannot canonicalise: {exc}") from exc
+    return source
+
+
+def write_consensus(record: CaseRecord, method: str, labels: dict[int, str]) -> None:
+    """Replace the case's training label by the consensus of its raters (in place on ``record``)."""
+    from reproseg.raters import consensus
+
+    arrays, affine = [], None
+    for rater, path in record.rater_labels.items():
+        data, aff = load_nifti(path)
+        if arrays and data.shape != arrays[0].shape:
+            raise ValueError(
+                f"{path}: rater {rater} label shape {data.shape} differs from {arrays[0].shape}"
+            )
+        arrays.append(data.astype(np.int64))
+        affine = aff if affine is None else affine
+    fused = consensus(arrays, method, max(labels) + 1)
+    target = Path(record.label)
+    if str(target) in record.rater_labels.values():  # never overwrite a rater's own file
+        target = target.with_name(f"{record.case_id}_{method}.nii.gz")
+    save_nifti(target, np.asarray(fused).astype(np.uint8), affine)
+    record.label = str(target)
+    record.annotator = method
+
+
+def run_ingest(cfg: Config, out_dir: str | Path = "results/data") -> pd.DataFrame:
+    """Fetch, canonicalise, fuse raters if configured, and write the manifest.
+
+    Returns the manifest table. Raises ``ValueError`` listing every failed case and file.
+    """
+    out = Path(out_dir)
+    raw = out / "raw"
+    records = fetch_records(cfg, raw)
+    if not records:
+        raise ValueError(f"source {cfg.source.kind}: no cases")
+    method = cfg.train.label_target
+    rows, errors = [], []
+    for record in records:
+        try:
+            orientation = canonicalise(record.image)
+            label_files = {record.label, *record.rater_labels.values()}
+            for path in sorted(label_files):
+                canonicalise(path)
+            if method != "primary" and len(record.rater_labels) > 1:
+                write_consensus(record, method, cfg.labels)
+            rows.append(describe_case(record, orientation))
+        except ValueError as exc:
+            msg = str(exc)
+            errors.append(
+                msg if msg.startswith(f"case {record.case_id}") else f"case {record.case_id}: {msg}"
+            )
+    if errors:
+        raise ValueError(f"ingest: {len(errors)} case(s) failed:\n" + "\n".join(errors))
+    if method != "primary" and not any(len(r.rater_labels) > 1 for r in records):
+        log.warning("train.label_target is %s but no case has several annotators", method)
+    df = build_manifest(rows)
+    digest = write_manifest(df, out, source_description(cfg))
+    log.info("manifest: %d cases, sha256 %s", len(df), digest)
+    return df
+
+
+def run_ingest_step(snakemake: Any, cfg: Config) -> None:
+    """Snakemake adapter: outputs ``manifest`` and ``manifest_json`` in one folder."""
+    out_dir = Path(snakemake.output.manifest).parent
+    if Path(snakemake.output.manifest_json).parent != out_dir:
+        raise ValueError("rule ingest: manifest and manifest_json must be in the same folder")
+    run_ingest(cfg, out_dir)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_merged_config(paths: list[str]) -> Config:
+    """Validate the deep merge of several YAML files, later ones overriding (like ``--configfile``)."""
+    if len(paths) == 1:
+        return load_config(paths[0])
+    data: dict[str, Any] = {}
+    for path in paths:
+        try:
+            part = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config: {exc}") from exc
+        data = _deep_merge(data, part)
+    try:
+        return load_config(data)
+    except Exception as exc:
+        raise ValueError(f"{', '.join(paths)}: invalid config:\n{exc}") from exc
+
+
+def cli(argv: list[str]) -> int:
+    """``reproseg ingest --config FILE [--config OVERLAY] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="reproseg ingest", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="config YAML; repeat to overlay (e.g. config/config.yaml then an example)",
+    )
+    parser.add_argument(
+        "--out", default="results/data", help="output folder (default results/data)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        df = run_ingest(load_merged_config(args.config), args.out)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"{Path(args.out) / 'manifest.tsv'}: {len(df)} cases")
+    return 0

@@ -1,0 +1,185 @@
+"""What the two publishers share: locating a run's files and choosing the final model.
+
+Both MLflow and BioImage.IO publish "the final model" of a pipeline run, chosen by
+``publish.mlflow.final_model``: the single (model, fold, seed) job with the best
+validation Dice, or the fold ensemble of the (model, seed) whose folds have the best
+mean validation Dice. Selection only ever looks at validation scores, never at the
+test set, so publishing does not leak test information into model choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reproseg.config import Config
+from reproseg.io import read_tsv
+
+#: Files a training job leaves in ``results/models/{model}/fold{fold}/seed{seed}/``.
+JOB_FILES = ("model.pt", "history.tsv", "preprocessing.json", "environment.json")
+#: Optional files of a training job, published when present.
+OPTIONAL_JOB_FILES = ("emissions.json",)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job (model x fold x seed) and where its files live."""
+
+    model: str
+    fold: int
+    seed: int
+    results: Path
+
+    @property
+    def key(self) -> str:
+        """Stable identifier, e.g. ``unet/fold0/seed1``."""
+        return f"{self.model}/fold{self.fold}/seed{self.seed}"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.results / "models" / self.model / f"fold{self.fold}" / f"seed{self.seed}"
+
+    @property
+    def metrics_tsv(self) -> Path:
+        return (
+            self.results
+            / "eval"
+            / self.model
+            / f"fold{self.fold}"
+            / f"seed{self.seed}"
+            / "metrics.tsv"
+        )
+
+
+def training_jobs(cfg: Config, results: Path) -> list[Job]:
+    """Every (model, fold, seed) job of the config, in a stable order."""
+    return [
+        Job(model, fold, seed, Path(results))
+        for model in cfg.train.models
+        for fold in range(cfg.split.k)
+        for seed in cfg.train.seeds
+    ]
+
+
+def check_job_files(jobs: list[Job]) -> None:
+    """Raise one ValueError listing every missing training or evaluation output."""
+    missing = [
+        str(path)
+        for job in jobs
+        for path in [*(job.model_dir / name for name in JOB_FILES), job.metrics_tsv]
+        if not path.is_file()
+    ]
+    if missing:
+        raise ValueError(
+            "missing pipeline outputs needed for publishing:\n  " + "\n  ".join(missing)
+        )
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a ``model.pt`` with ``weights_only=True`` (no code is unpickled), checked."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load model weights: {exc}") from exc
+    required = {"state_dict", "model_name", "model_config", "preprocessing", "labels"}
+    if not isinstance(obj, dict) or not required <= set(obj):
+        have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"{path}: not a reproseg model.pt (need keys {sorted(required)}, got {have})"
+        )
+    return obj
+
+
+def validation_dice(job: Job) -> float:
+    """The job's model-selection score: ``val_dice`` of model.pt, else the best of history.tsv."""
+    ckpt = torch.load(job.model_dir / "model.pt", map_location="cpu", weights_only=True)
+    value = ckpt.get("val_dice") if isinstance(ckpt, dict) else None
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        return float(value)
+    history = read_tsv(job.model_dir / "history.tsv")
+    vals = history["val_dice"].dropna() if "val_dice" in history else []
+    return float(np.max(vals)) if len(vals) else float("-inf")
+
+
+@dataclass
+class FinalModel:
+    """The model a run publishes: one job (best fold) or the k fold models of one seed."""
+
+    kind: str
+    """``best_fold`` or ``ensemble``."""
+    members: list[Job]
+    score: float
+    """Validation Dice used to choose it (mean over folds for an ensemble)."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Validation Dice of every candidate, for the record."""
+
+    @property
+    def name(self) -> str:
+        """Human-readable identifier (``unet/fold1/seed0`` or ``unet/ensemble/seed0``)."""
+        first = self.members[0]
+        if self.kind == "ensemble":
+            return f"{first.model}/ensemble/seed{first.seed}"
+        return first.key
+
+    @property
+    def eval_metrics_tsv(self) -> Path:
+        """Per-case metrics of this model on the test set (ensemble: evaluate_ensemble's)."""
+        first = self.members[0]
+        if self.kind == "ensemble":
+            return (
+                first.results
+                / "eval"
+                / first.model
+                / "ensemble"
+                / f"seed{first.seed}"
+                / "metrics.tsv"
+            )
+        return first.metrics_tsv
+
+
+def choose_final_model(cfg: Config, results: Path) -> FinalModel:
+    """Pick the published model by validation Dice only (see the module docstring)."""
+    jobs = training_jobs(cfg, results)
+    scores = {job.key: validation_dice(job) for job in jobs}
+    if cfg.publish.mlflow.final_model == "best_fold":
+        # max() keeps the first of equal scores: a stable, documented tie-break.
+        best = max(jobs, key=lambda j: scores[j.key])
+        return FinalModel("best_fold", [best], scores[best.key], scores)
+    groups: dict[tuple[str, int], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.model, job.seed), []).append(job)
+    means = {k: float(np.mean([scores[j.key] for j in v])) for k, v in groups.items()}
+    best_group = max(groups, key=lambda k: means[k])
+    return FinalModel("ensemble", groups[best_group], means[best_group], scores)
+
+
+def metric_means(metrics_tsv: Path, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
+    """Case means of every metric per split and class from a metrics.tsv.
+
+    Keys look like ``test.dice.segment_I``, plus ``test.dice.mean_fg`` (mean over the
+    foreground classes, i.e. without the whole-liver row ``class_index`` 0).
+    """
+    df = read_tsv(metrics_tsv)
+    needed = {"split", "class_index", "class_name", "dice", "hd95_mm", "nsd"}
+    if not needed <= set(df.columns):
+        raise ValueError(f"{metrics_tsv}: missing columns {sorted(needed - set(df.columns))}")
+    out: dict[str, float] = {}
+    for split in splits:
+        part = df[df["split"] == split]
+        if part.empty:
+            continue
+        for metric in ("dice", "hd95_mm", "nsd", "avd_ml"):
+            if metric not in part:
+                continue
+            per_class = part.groupby("class_name")[metric].mean()
+            for name, value in per_class.items():
+                out[f"{split}.{metric}.{name}"] = float(value)
+            fg = part[part["class_index"] > 0]
+            if not fg.empty:
+                out[f"{split}.{metric}.mean_fg"] = float(fg[metric].mean())
+    return out

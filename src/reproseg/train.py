@@ -1,0 +1,581 @@
+"""Train one (model, fold, seed): deterministic, resumable, fold-safe.
+
+The loop is deliberately flat (pytorch/examples style)::
+
+    seed + deterministic kernels -> load the fold's cases -> statistics from TRAINING cases
+    -> for each epoch: a loader seeded by (seed, epoch) -> DiceCE steps -> validation every
+       val_every epochs (sliding window, mean foreground Dice) -> best weights kept
+       -> atomic checkpoint every checkpoint_every epochs
+    -> model.pt (best weights + metadata), history, preprocessing, environment, emissions
+
+Resuming: the checkpoint (``checkpoint.pt`` next to the outputs, NOT a Snakemake output,
+so a failed job does not delete it) holds weights, optimiser, scheduler, grad scaler,
+epoch, best-so-far state, history and the RNG states; the data stream of an epoch is a
+pure function of (seed, epoch). A run killed after any step and rerun therefore ends with
+weights bitwise identical to an uninterrupted run (same machine, same thread count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+
+from reproseg.config import Config, load_config
+from reproseg.data import compute_preprocessing, load_cases, make_items, make_train_loader
+from reproseg.determinism import (
+    enable_deterministic_algorithms,
+    epoch_seed,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+    state_dict_sha256,
+)
+from reproseg.environment import capture_environment
+from reproseg.io import (
+    atomic_path,
+    read_json,
+    read_tsv,
+    sha256_file,
+    sha256_json,
+    write_json,
+    write_tsv,
+)
+from reproseg.logs import get_logger, setup_logging
+from reproseg.models import build_model, check_patch_size, count_parameters
+from reproseg.predict import sliding_window_logits
+
+log = get_logger("train")
+
+#: Test hook: stop (as if killed) after this many optimiser steps in this process.
+STOP_ENV = "REPROSEG_STOP_AFTER_STEPS"
+#: codecarbon CPU power modes that are measurements rather than TDP/load estimates.
+_MEASURED_CPU_MODES = {"intel_rapl", "intel_power_gadget", "apple_powermetrics"}
+
+
+class TrainingStopped(RuntimeError):
+    """Raised by the ``max_steps`` hook: the job stops like a killed one (no final outputs)."""
+
+
+@dataclass
+class TrainOutputs:
+    """Paths written by :func:`train_model` (the ``train`` rule's outputs)."""
+
+    model: Path
+    history: Path
+    preprocessing: Path
+    environment: Path
+    emissions: Path
+    curve: Path
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> TrainOutputs:
+        d = Path(out_dir)
+        return cls(
+            d / "model.pt",
+            d / "history.tsv",
+            d / "preprocessing.json",
+            d / "environment.json",
+            d / "emissions.json",
+            d / "history.png",
+        )
+
+
+def fold_cases(
+    splits: dict[str, Any], fold: int, source: str = "splits.json"
+) -> tuple[list[str], list[str]]:
+    """(train case IDs, validation case IDs) of ``fold``."""
+    for f in splits.get("folds", []):
+        if int(f["fold"]) == fold:
+            if not f["train_cases"] or not f["val_cases"]:
+                raise ValueError(f"{source}: fold {fold} has no training or no validation case")
+            return list(f["train_cases"]), list(f["val_cases"])
+    raise ValueError(f"{source}: no fold {fold}")
+
+
+def optimisation_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    use_amp: bool,
+) -> float:
+    """One DiceCE step on a batch of patches (AMP on GPU); returns the loss.
+
+    Separate from the loop so that benchmarks/bench_train.py times exactly this code.
+    """
+    x, y = batch["image"].to(device), batch["label"].to(device)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, enabled=use_amp):
+        loss = loss_fn(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item()
+
+
+def validate(
+    model: torch.nn.Module,
+    val_items: list[dict[str, Any]],
+    patch_size: list[int],
+    n_classes: int,
+    device: torch.device,
+    sw_batch_size: int,
+) -> float:
+    """Mean foreground Dice over the validation cases (MONAI DiceMetric, sliding window).
+
+    Classes absent from a reference are ignored for that case (``ignore_empty``).
+    """
+    metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
+    model.eval()
+    with torch.no_grad():
+        for item in val_items:
+            x = torch.from_numpy(item["image"])[None].to(device)
+            y = torch.from_numpy(item["label"].astype(np.int64))[None].to(device)
+            pred = sliding_window_logits(model, x, patch_size, sw_batch_size).argmax(
+                dim=1, keepdim=True
+            )
+            metric(one_hot(pred, n_classes), one_hot(y, n_classes))
+    value = metric.aggregate().item()
+    model.train()
+    return float(value) if np.isfinite(value) else 0.0
+
+
+@contextmanager
+def _emissions_tracker(country: str, enabled: bool) -> Iterator[dict[str, Any]]:
+    """codecarbon offline tracker around the training; fills the yielded dict on exit."""
+    result: dict[str, Any] = {"country_iso_code": country}
+    if not enabled:
+        result.update(tracked=False)
+        yield result
+        return
+    from codecarbon import OfflineEmissionsTracker
+
+    import logging
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)  # keep the rule log readable
+    # output_methods=[]: nothing written by codecarbon itself (we write emissions.json atomically)
+    tracker = OfflineEmissionsTracker(
+        country_iso_code=country,
+        measure_power_secs=5,
+        log_level="error",
+        output_methods=[],
+        project_name="reproseg-train",
+    )
+    tracker.start()
+    try:
+        yield result
+    finally:
+        emissions = tracker.stop()
+        data = tracker.final_emissions_data
+        modes = {
+            type(h).__name__: getattr(h, "_mode", None) for h in getattr(tracker, "_hardware", [])
+        }
+        cpu_mode = modes.get("CPU")
+        result.update(
+            tracked=True,
+            energy_kwh=float(data.energy_consumed),
+            emissions_kg=float(emissions or 0.0),
+            duration_s=float(data.duration),
+            cpu_energy_kwh=float(data.cpu_energy),
+            gpu_energy_kwh=float(data.gpu_energy),
+            ram_energy_kwh=float(data.ram_energy),
+            cpu_power_method=cpu_mode,
+            measured=bool(cpu_mode in _MEASURED_CPU_MODES or data.gpu_count),
+            cpu_model=data.cpu_model,
+            gpu_model=data.gpu_model,
+            codecarbon_version=data.codecarbon_version,
+        )
+
+
+def _plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Training curve: loss per epoch and validation Dice where validated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss (DiceCE)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax2 = ax.twinx()
+    val = [(h["epoch"], h["val_dice"]) for h in history if h["val_dice"] is not None]
+    if val:
+        ax2.plot(
+            *zip(*val, strict=True), "o-", color="tab:orange", label="val mean foreground Dice"
+        )
+    ax2.set_ylabel("val Dice", color="tab:orange")
+    ax2.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _fingerprint(
+    cfg: Config,
+    model_name: str,
+    fold: int,
+    seed: int,
+    splits_sha: str,
+    preprocessing: dict[str, Any],
+    threads: int,
+) -> str:
+    """What a checkpoint must match to be resumed (a changed setting restarts training)."""
+    return sha256_json(
+        {
+            "train": cfg.train.model_dump(mode="json"),
+            "model": model_name,
+            "fold": fold,
+            "seed": seed,
+            "splits": splits_sha,
+            "preprocessing": preprocessing,
+            "threads": threads,
+            "torch": torch.__version__,
+        }
+    )
+
+
+def train_model(
+    manifest_path: str | Path,
+    splits_path: str | Path,
+    outputs: TrainOutputs,
+    cfg: Config,
+    model_name: str,
+    fold: int,
+    seed: int,
+    threads: int = 1,
+    checkpoint_path: str | Path | None = None,
+    max_steps: int | None = None,
+    track_emissions: bool = True,
+    root: str | Path = ".",
+) -> dict[str, Any]:
+    """Train ``model_name`` on ``fold`` with ``seed``; write the outputs; return a summary.
+
+    ``checkpoint_path`` defaults to ``checkpoint.pt`` next to ``model.pt``. ``max_steps``
+    (test hook) raises :class:`TrainingStopped` after that many steps in this call, leaving
+    only the last checkpoint behind, as a killed job would.
+    """
+    tc = cfg.train
+    if model_name not in tc.models:
+        raise ValueError(f"train.models: no model named {model_name!r} (have {sorted(tc.models)})")
+    mcfg = tc.models[model_name]
+    check_patch_size(mcfg, tc.patch_size)
+    checkpoint = (
+        Path(checkpoint_path) if checkpoint_path else outputs.model.parent / "checkpoint.pt"
+    )
+
+    torch.set_num_threads(threads)
+    enable_deterministic_algorithms()
+    seed_everything(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_amp = tc.amp and device.type == "cuda"
+
+    splits = read_json(splits_path)
+    train_ids, val_ids = fold_cases(splits, fold, str(splits_path))
+    manifest = read_tsv(manifest_path)
+    manifest["case_id"] = manifest["case_id"].astype(str)
+    train_cases = load_cases(manifest, train_ids, root)
+    val_cases = load_cases(manifest, val_ids, root)
+    # fold-safe: statistics from the training cases only
+    pre = compute_preprocessing(
+        [c["image"] for c in train_cases],
+        [c["label"] for c in train_cases],
+        tc.intensity_percentiles,
+    )
+    pre.update(fold=fold, train_cases=train_ids)
+    items = make_items(train_cases, pre)
+    val_items = make_items(val_cases, pre)
+    n_classes = max(cfg.labels) + 1
+    present = set(np.unique(np.concatenate([np.unique(c["label"]) for c in train_cases])).tolist())
+    if not present <= set(cfg.labels):
+        raise ValueError(
+            f"{manifest_path}: training labels contain values {sorted(present - set(cfg.labels))} "
+            f"not in the config's label map"
+        )
+    del train_cases, val_cases
+
+    model = build_model(mcfg, in_channels=1, out_channels=n_classes).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+    )
+    total_steps = tc.epochs * tc.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    fingerprint = _fingerprint(cfg, model_name, fold, seed, splits.get("sha256", ""), pre, threads)
+    start_epoch, history = 0, []
+    best: dict[str, Any] = {"val_dice": -1.0, "epoch": 0, "state_dict": None}
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            log.warning("%s: made with other settings; starting from scratch", checkpoint)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, history, best = (
+                int(state["epoch"]),
+                list(state["history"]),
+                dict(state["best"]),
+            )
+            set_rng_state(state["rng"])
+            log.info("resuming from %s at epoch %d", checkpoint, start_epoch)
+
+    log.info(
+        "%s fold %d seed %d: %d train / %d val cases, %s with %d parameters, %d threads, %s%s",
+        model_name,
+        fold,
+        seed,
+        len(items),
+        len(val_items),
+        mcfg.arch,
+        count_parameters(model),
+        threads,
+        device,
+        " + AMP" if use_amp else "",
+    )
+    steps_here = 0
+    with _emissions_tracker(tc.energy_country, track_emissions) as emissions:
+        for epoch in range(start_epoch + 1, tc.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            loader = make_train_loader(
+                items,
+                tc.patch_size,
+                tc.foreground_ratio,
+                tc.augment,
+                tc.batch_size,
+                tc.steps_per_epoch,
+                seed,
+                epoch,
+                tc.num_workers,
+            )
+            losses = []
+            for batch in loader:
+                losses.append(
+                    optimisation_step(
+                        model, batch, optimizer, scheduler, scaler, loss_fn, device, use_amp
+                    )
+                )
+                steps_here += 1
+                if max_steps is not None and steps_here >= max_steps:
+                    raise TrainingStopped(f"stopped after {steps_here} steps (epoch {epoch})")
+            val_dice = None
+            if epoch % tc.val_every == 0 or epoch == tc.epochs:
+                val_dice = validate(
+                    model, val_items, tc.patch_size, n_classes, device, tc.batch_size
+                )
+                if val_dice > best["val_dice"]:
+                    best = {
+                        "val_dice": val_dice,
+                        "epoch": epoch,
+                        "state_dict": copy.deepcopy(
+                            {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                        ),
+                    }
+            seconds = time.perf_counter() - t0
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": float(np.mean(losses)),
+                    "val_dice": val_dice,
+                    "seconds": round(seconds, 3),
+                    "lr": scheduler.get_last_lr()[0],
+                }
+            )
+            log.info(
+                "epoch %d/%d  loss %.4f  val_dice %s  best %.4f @ %d  %.1f s",
+                epoch,
+                tc.epochs,
+                history[-1]["loss"],
+                "-" if val_dice is None else f"{val_dice:.4f}",
+                best["val_dice"],
+                best["epoch"],
+                seconds,
+            )
+            if epoch % tc.checkpoint_every == 0 and epoch < tc.epochs:
+                _save_checkpoint(
+                    checkpoint,
+                    model,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    epoch,
+                    history,
+                    best,
+                    fingerprint,
+                    seed,
+                )
+
+    meta = {
+        "state_dict": best["state_dict"],
+        "model_name": model_name,
+        "model_config": mcfg.model_dump(mode="json"),
+        "preprocessing": pre,
+        "labels": {int(k): v for k, v in cfg.labels.items()},
+        "epoch": best["epoch"],
+        "val_dice": best["val_dice"],
+        "fold": fold,
+        "seed": seed,
+        "in_channels": 1,
+        "out_channels": n_classes,
+        "patch_size": list(tc.patch_size),
+        "sw_batch_size": tc.batch_size,
+        "splits_sha256": splits.get("sha256"),
+        "weights_sha256": state_dict_sha256(best["state_dict"]),
+        "final_weights_sha256": state_dict_sha256(model.state_dict()),
+    }
+    with atomic_path(outputs.model) as tmp:
+        torch.save(meta, tmp)
+    write_tsv(
+        outputs.history,
+        pd.DataFrame(history, columns=["epoch", "loss", "val_dice", "seconds", "lr"]),
+    )
+    write_json(outputs.preprocessing, pre)
+    write_json(
+        outputs.environment,
+        capture_environment(
+            config_sha256=sha256_json(cfg.model_dump(mode="json")),
+            manifest_sha256=sha256_file(manifest_path),
+        )
+        | {"device": str(device), "amp": use_amp},
+    )
+    emissions["resumed_from_epoch"] = start_epoch  # energy before a resume is not included
+    write_json(outputs.emissions, emissions)
+    _plot_history(history, outputs.curve, f"{model_name} fold {fold} seed {seed}")
+    checkpoint.unlink(missing_ok=True)  # only once every final output exists
+    log.info(
+        "best val Dice %.4f at epoch %d; weights sha256 %s",
+        best["val_dice"],
+        best["epoch"],
+        meta["weights_sha256"][:16],
+    )
+    return {k: v for k, v in meta.items() if k != "state_dict"}
+
+
+def _save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    fingerprint: str,
+    seed: int,
+) -> None:
+    """Atomically write everything needed to continue after ``epoch`` (weights_only-loadable)."""
+    state = {
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "history": history,
+        "best": best,
+        "rng": get_rng_state(),
+        # the data stream of the next epoch is fully determined by this seed
+        "data": {"next_epoch": epoch + 1, "next_epoch_seed": epoch_seed(seed, epoch + 1)},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _stop_after_env() -> int | None:
+    value = os.environ.get(STOP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{STOP_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def train_step(snakemake: Any, cfg: Config) -> None:
+    """Snakemake adapter: one (model, fold, seed) job; threads from the rule's ``threads:``."""
+    out = snakemake.output
+    outputs = TrainOutputs(
+        Path(out.model),
+        Path(out.history),
+        Path(out.preprocessing),
+        Path(out.environment),
+        Path(out.emissions),
+        Path(out.curve),
+    )
+    w = snakemake.wildcards
+    train_model(
+        snakemake.input.manifest,
+        snakemake.input.splits,
+        outputs,
+        cfg,
+        w.model,
+        int(w.fold),
+        int(w.seed),
+        threads=int(snakemake.threads),
+        max_steps=_stop_after_env(),
+    )
+
+
+def cli(argv: list[str]) -> int:
+    """``reproseg train --manifest M --splits S --out-dir D --model unet --fold 0 --seed 0``."""
+    parser = argparse.ArgumentParser(prog="reproseg train", description=cli.__doc__)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--splits", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=None, help="config YAML (default: built-in defaults)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (results depend on it)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop after N steps (simulated kill)"
+    )
+    parser.add_argument("--no-emissions", action="store_true", help="skip codecarbon tracking")
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.config) if args.config else Config()
+    try:
+        summary = train_model(
+            args.manifest,
+            args.splits,
+            TrainOutputs.in_dir(args.out_dir),
+            cfg,
+            args.model,
+            args.fold,
+            args.seed,
+            threads=args.threads,
+            max_steps=args.max_steps or _stop_after_env(),
+            track_emissions=not args.no_emissions,
+        )
+    except (ValueError, TrainingStopped) as exc:
+        log.error("%s", exc)
+        return 1
+    print(json.dumps({k: summary[k] for k in ("epoch", "val_dice", "weights_sha256")}))
+    return 0

@@ -1,0 +1,1 @@
+"""In-memory fakes of external services used by the unit tests (OMERO)."""

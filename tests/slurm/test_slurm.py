@@ -1,0 +1,283 @@
+"""The workflow on a real (one-node, local) SLURM cluster, through profiles/slurm.
+
+- The tiny workflow runs with ``--executor slurm --profile profiles/slurm``: every job (or
+  group of jobs) is submitted with ``sbatch``, and the deterministic outputs equal those of
+  the local run (``tiny_run``) bitwise.
+- A SLURM job cancelled with ``scancel`` while it runs is resubmitted (``retries`` in the
+  profile) and the run completes with the same result.
+
+The cluster comes from ``start_local_cluster.sh`` (fixture ``slurm_cluster``). Since there is
+no accounting database, Snakemake polls ``squeue`` (``--slurm-status-command squeue``); the
+cluster's MinJobAge=600 keeps finished jobs visible there.
+
+The static checks at the end (profiles, conda environments, container recipes) need no cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from reproseg.io import read_json, sha256_file
+
+from ..conftest import REPO, VENV_BIN, snakemake_env
+
+#: Overlay of config/test.yaml for the SLURM runs: no MLflow / BioImage.IO publishing, which
+#: the local tiny_run already covers and which do not change the outputs compared here.
+NO_PUBLISH = {"publish": {"mlflow": {"enabled": False}, "bioimageio": {"enabled": False}}}
+
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
+
+
+def slurm_command(workdir: Path, overlay: Path, *targets: str) -> list[str]:
+    """The Snakemake command line of a SLURM run of the tiny config in ``workdir``."""
+    return [
+        str(VENV_BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "test.yaml"),
+        str(overlay),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--executor",
+        "slurm",
+        # No slurmdbd on the test cluster: poll squeue, and poll early (tiny jobs).
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-keep-successful-logs",
+        # 2 CPUs: no need to queue more than that.
+        "--jobs",
+        "4",
+        *targets,
+    ]
+
+
+def write_overlay(tmp_path: Path) -> Path:
+    overlay = tmp_path / "no_publish.yaml"
+    overlay.write_text(yaml.safe_dump(NO_PUBLISH))
+    return overlay
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Final states of SLURM jobs, from squeue (kept for MinJobAge after they end)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def state_dict_digest(path: Path) -> dict[str, str]:
+    """sha256 of every tensor of a model.pt state dict (independent of zip container bytes)."""
+    import hashlib
+
+    meta = torch.load(path, map_location="cpu", weights_only=True)
+    return {
+        k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest()
+        for k, v in meta["state_dict"].items()
+    }
+
+
+def manifest_content(path: Path) -> pd.DataFrame:
+    """Manifest columns that describe content (paths to the working dir may differ)."""
+    df = pd.read_csv(path, sep="\t")
+    cols = [
+        c
+        for c in (
+            "case_id",
+            "subject_id",
+            "image_sha256",
+            "label_sha256",
+            "pixel_sha256",
+            "shape",
+            "spacing",
+            "orientation",
+            "dtype",
+        )
+        if c in df.columns
+    ]
+    return df[cols].sort_values("case_id").reset_index(drop=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_tiny_workflow_on_slurm_equals_local_run(
+    slurm_cluster: None, tiny_run: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    cmd = slurm_command(workdir, write_overlay(tmp_path))
+    proc = subprocess.run(
+        cmd,
+        cwd=workdir,
+        env=snakemake_env(),
+        text=True,
+        capture_output=True,
+        timeout=1800,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-12000:]
+
+    # Every job that ran went through sbatch, and SLURM saw each of them complete.
+    submitted = SUBMITTED.findall(log)
+    assert submitted, "no job was submitted with sbatch:\n" + log[-4000:]
+    job_ids = [slurm_id for _, slurm_id in submitted]
+    assert len(set(job_ids)) == len(job_ids)
+    states = slurm_states(job_ids)
+    assert all(states.get(j) == "COMPLETED" for j in job_ids), states
+    # Jobs (or groups of jobs) that Snakemake scheduled = jobs submitted: nothing ran locally
+    # except the target-only rule `all`.
+    scheduled_rules = set(re.findall(r"^\s*rule (\w+):", log, flags=re.MULTILINE))
+    local_rules = set(re.findall(r"^\s*localrule (\w+):", log, flags=re.MULTILINE))
+    assert local_rules <= {"all"}, local_rules
+    assert {"ingest", "train", "evaluate", "aggregate", "report"} <= scheduled_rules
+    # The SLURM logs of the jobs are kept (--slurm-keep-successful-logs) under .snakemake.
+    assert list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+
+    # Deterministic outputs equal those of the local run, bitwise.
+    pd.testing.assert_frame_equal(
+        manifest_content(workdir / "results/data/manifest.tsv"),
+        manifest_content(tiny_run / "results/data/manifest.tsv"),
+    )
+    assert read_json(workdir / "results/splits/splits.json") == read_json(
+        tiny_run / "results/splits/splits.json"
+    )
+    models = sorted((tiny_run / "results/models").rglob("model.pt"))
+    assert models
+    for ref in models:
+        rel = ref.relative_to(tiny_run)
+        assert state_dict_digest(workdir / rel) == state_dict_digest(ref), rel
+    metrics = sorted((tiny_run / "results/eval").rglob("metrics.tsv"))
+    assert metrics
+    for ref in metrics:
+        rel = ref.relative_to(tiny_run)
+        assert sha256_file(workdir / rel) == sha256_file(ref), rel
+    assert sha256_file(workdir / "results/eval/summary.tsv") == sha256_file(
+        tiny_run / "results/eval/summary.tsv"
+    )
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    target = "results/models/unet/fold0/seed0/model.pt"
+    cmd = slurm_command(workdir, write_overlay(tmp_path), target)
+    log_path = tmp_path / "snakemake.log"
+    with log_path.open("w") as log_fh:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=snakemake_env(),
+            text=True,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+        cancelled = None
+        deadline = time.monotonic() + 900
+        try:
+            # Cancel the training job as soon as SLURM runs it.
+            while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
+                run_id = re.search(r"SLURM run ID: (\S+)", log_path.read_text())
+                if run_id:
+                    out = subprocess.run(
+                        ["squeue", "-h", "-n", run_id.group(1), "-t", "RUNNING", "-o", "%i %k"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                    for line in out.splitlines():
+                        job_id, _, comment = line.partition(" ")
+                        if "train" in comment:
+                            subprocess.run(["scancel", job_id], check=True)
+                            cancelled = job_id
+                            break
+                time.sleep(0.2)
+            rc = proc.wait(timeout=max(1, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    log = log_path.read_text()
+    assert cancelled is not None, "the training job was never seen running:\n" + log[-4000:]
+    assert rc == 0, log[-12000:]
+    assert slurm_states([cancelled]).get(cancelled) == "CANCELLED"
+    # Snakemake saw the failure and resubmitted the job as a new SLURM job.
+    assert "Trying to restart job" in log, log[-6000:]
+    job_ids = [j for _, j in SUBMITTED.findall(log)]
+    assert cancelled in job_ids and job_ids[-1] != cancelled
+    # The retried job produced the same model as the local run.
+    assert state_dict_digest(workdir / target) == state_dict_digest(tiny_run / target)
+
+
+# --- Static checks of the deployment files (no cluster needed) ---------------------------
+
+
+def _lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep and not line.startswith("#"):
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+@pytest.mark.parametrize("env", ["data", "train", "publish", "report"])
+def test_conda_envs_pin_the_tested_versions(env: str) -> None:
+    """Each stage environment pins exactly the versions of requirements.lock (what CI tests)."""
+    spec = yaml.safe_load((REPO / "envs" / f"{env}.yaml").read_text())
+    assert spec["channels"][0] == "conda-forge"
+    deps = spec["dependencies"]
+    assert "python=3.11" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    lock = _lock_pins()
+    assert pip
+    for req in pip:
+        name, sep, version = req.partition("==")
+        assert sep, f"envs/{env}.yaml: {req!r} is not pinned"
+        key = name.lower().replace("_", "-")
+        assert lock.get(key) == version, (
+            f"envs/{env}.yaml: {req} but requirements.lock has {lock.get(key)}"
+        )
+
+
+def test_rules_use_existing_envs() -> None:
+    """Every `conda:` directive of the workflow names a file that exists."""
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for env in re.findall(r'conda:\s*\n?\s*"([^"]+)"', smk.read_text()):
+            assert (smk.parent / env).resolve().is_file(), f"{smk.name}: missing {env}"
+
+
+def test_profiles_train_threads_agree() -> None:
+    """Local and SLURM runs train with the same thread count (bitwise-equal CPU results)."""
+    local = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
+    slurm = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert local["set-threads"]["train"] == slurm["set-threads"]["train"]
+    assert slurm["executor"] == "slurm" and slurm["retries"] >= 1
+    # Retries get more memory and time.
+    for res in ("mem_mb", "runtime"):
+        assert "attempt" in str(slurm["default-resources"][res])
+
+
+def test_container_recipes_install_the_lock_file() -> None:
+    docker = (REPO / "containers" / "Dockerfile").read_text()
+    apptainer = (REPO / "containers" / "apptainer.def").read_text()
+    for text in (docker, apptainer):
+        assert "python:3.11" in text
+        assert "-r requirements.lock" in text
+        assert "--no-deps ." in text

@@ -1,0 +1,373 @@
+"""A small hand-made run (every file the report, metadata, DOME and RO-Crate steps read),
+in the contracted formats of docs/ARCHITECTURE.md, so those steps are tested without
+running the pipeline. Volumes are 16^3; metrics are drawn from a seeded RNG."""
+
+from __future__ import annotations
+
+import itertools
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reproseg.config import Config, load_config
+from reproseg.io import (
+    save_nifti,
+    sha256_array,
+    sha256_file,
+    sha256_json,
+    write_json,
+    write_text,
+    write_tsv,
+)
+
+LABELS = {0: "background", 1: "left", 2: "right"}
+SUBJECTS = ["s01", "s02", "s03", "s04", "s05"]
+CASES = {
+    "s01": ["s01_a", "s01_b"],
+    "s02": ["s02_a"],
+    "s03": ["s03_a"],
+    "s04": ["s04_a"],
+    "s05": ["s05_a", "s05_b"],
+}
+
+
+def fake_config(**overrides: object) -> Config:
+    cfg: dict[str, object] = {
+        "run_name": "fake-run",
+        "labels": LABELS,
+        "split": {"k": 2},
+        "train": {"seeds": [0, 1], "epochs": 3},
+        "metadata": {"contact": "someone@example.org"},
+    }
+    cfg.update(overrides)
+    return load_config(cfg)
+
+
+def _volumes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[3:8, 4:12, 4:12] = 1
+    label[8:13, 4:12, 4:12] = 2
+    image = (rng.normal(0, 10, label.shape) + 60 * (label > 0)).astype(np.float32)
+    return image, label
+
+
+def make_fake_run(root: Path, cfg: Config | None = None, interrater: bool = True) -> Path:
+    """Write the fake run under ``root`` (the workdir); returns ``root / "results"``."""
+    cfg = cfg or fake_config()
+    rng = np.random.default_rng(0)
+    res = root / "results"
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    rows = []
+    for subject, cases in CASES.items():
+        for case in cases:
+            image, label = _volumes(rng)
+            img_p = f"results/data/raw/images/{case}.nii.gz"
+            lab_p = f"results/data/raw/labels/{case}.nii.gz"
+            r1_p = f"results/data/raw/labels/{case}_rater1.nii.gz"
+            save_nifti(root / img_p, image, affine)
+            save_nifti(root / lab_p, label, affine)
+            save_nifti(root / r1_p, np.roll(label, 1, axis=0), affine)
+            rows.append(
+                {
+                    "case_id": case,
+                    "subject_id": subject,
+                    "image": img_p,
+                    "label": lab_p,
+                    "annotator": "rater0",
+                    "raters": "rater0;rater1",
+                    "rater_labels": f"rater0={lab_p};rater1={r1_p}",
+                    "source_uri": f"synthetic:seed=42#{case}",
+                    "image_sha256": sha256_file(root / img_p),
+                    "label_sha256": sha256_file(root / lab_p),
+                    "pixel_sha256": sha256_array(image),
+                    "shape": "16,16,16",
+                    "spacing": "1.5,1.5,2.0",
+                    "orientation": "RAS",
+                    "dtype": "float32",
+                    "intensity_min": float(image.min()),
+                    "intensity_max": float(image.max()),
+                    "scanner": "SimCT 1",
+                    "has_lesion": False,
+                }
+            )
+    manifest = pd.DataFrame(rows)
+    write_tsv(res / "data/manifest.tsv", manifest)
+    msha = sha256_file(res / "data/manifest.tsv")
+    write_json(res / "data/manifest.json", {"rows": rows, "manifest_sha256": msha})
+    write_json(
+        res / "qc/qc.json",
+        {
+            "ok": True,
+            "n_cases": len(rows),
+            "errors": [],
+            "warnings": ["s05_b: low contrast"],
+            "excluded": [],
+            "reoriented": [],
+        },
+    )
+    write_text(res / "qc/qc.md", "# QC\n\nAll 7 cases passed.\n")
+
+    test_subj = ["s05"]
+    folds = [
+        {"fold": 0, "train_subjects": ["s03", "s04"], "val_subjects": ["s01", "s02"]},
+        {"fold": 1, "train_subjects": ["s01", "s02"], "val_subjects": ["s03", "s04"]},
+    ]
+    for f in folds:
+        f["train_cases"] = [c for s in f["train_subjects"] for c in CASES[s]]
+        f["val_cases"] = [c for s in f["val_subjects"] for c in CASES[s]]
+    splits = {
+        "method": "grouped-hash-v1",
+        "seed": 0,
+        "k": 2,
+        "test_fraction": 0.2,
+        "group_by": "subject_id",
+        "stratify_by": None,
+        "manifest_sha256": msha,
+        "test": {"subjects": test_subj, "cases": CASES["s05"]},
+        "folds": folds,
+    }
+    splits["sha256"] = sha256_json(splits)
+    write_json(res / "splits/splits.json", splits)
+
+    metric_rows = []
+    classes = [(0, "liver"), (1, "left"), (2, "right")]
+    for fold, seed in itertools.product(range(2), cfg.train.seeds):
+        d = res / f"models/unet/fold{fold}/seed{seed}"
+        write_tsv(
+            d / "history.tsv",
+            pd.DataFrame(
+                {
+                    "epoch": [1, 2, 3],
+                    "loss": [1.2, 0.8 - 0.1 * seed, 0.5],
+                    "val_dice": [0.3, np.nan, 0.7 + 0.05 * fold],
+                    "seconds": [1.0, 1.1, 1.0],
+                }
+            ),
+        )
+        write_json(
+            d / "environment.json",
+            {
+                "python": "3.11.7",
+                "torch": {"version": "2.13.0", "cuda": None},
+                "cpu": {"model": "Fake CPU", "count": 2},
+                "gpu": [],
+                "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
+                "platform": {"system": "Linux", "machine": "x86_64"},
+                "packages": {"monai": "1.6.1", "torch": "2.13.0"},
+                "manifest_sha256": msha,
+            },
+        )
+        write_json(
+            d / "emissions.json",
+            {
+                "energy_kwh": 0.0012 + 0.0001 * fold,
+                "emissions_kg": 0.0004,
+                "duration_s": 30.0 + seed,
+                "measured": False,
+            },
+        )
+        for split, cases in (("val", folds[fold]["val_cases"]), ("test", CASES["s05"])):
+            for case in cases:
+                for ci, cn in classes:
+                    dice = float(
+                        np.clip(0.75 + 0.05 * fold - 0.02 * seed + rng.normal(0, 0.05), 0, 1)
+                    )
+                    metric_rows.append(
+                        {
+                            "method": "unet",
+                            "model": "unet",
+                            "fold": fold,
+                            "seed": seed,
+                            "split": split,
+                            "case_id": case,
+                            "subject_id": case[:3],
+                            "class_index": ci,
+                            "class_name": cn,
+                            "dice": dice,
+                            "hd95_mm": float(rng.uniform(1, 6)),
+                            "nsd": dice,
+                            "avd_ml": 0.1,
+                            "ref_voxels": 320,
+                            "pred_voxels": 310,
+                        }
+                    )
+    for fold in range(2):
+        for case in CASES["s05"]:
+            for ci, cn in classes:
+                metric_rows.append(
+                    {
+                        "method": "baseline_threshold_atlas",
+                        "model": "threshold_atlas",
+                        "fold": fold,
+                        "seed": -1,
+                        "split": "test",
+                        "case_id": case,
+                        "subject_id": "s05",
+                        "class_index": ci,
+                        "class_name": cn,
+                        "dice": float(rng.uniform(0.3, 0.6)),
+                        "hd95_mm": 9.0,
+                        "nsd": 0.4,
+                        "avd_ml": 1.0,
+                        "ref_voxels": 320,
+                        "pred_voxels": 400,
+                    }
+                )
+    per_case = pd.DataFrame(metric_rows)
+    write_tsv(res / "eval/per_case.tsv", per_case)
+    summ = []
+    for (method, ci, cn), g in per_case.groupby(["method", "class_index", "class_name"]):
+        for metric in ("dice", "hd95_mm", "nsd"):
+            by_fold = g.groupby("fold")[metric].mean()
+            by_seed = g.groupby("seed")[metric].mean()
+            summ.append(
+                {
+                    "method": method,
+                    "class_index": ci,
+                    "class_name": cn,
+                    "metric": metric,
+                    "mean_over_folds": by_fold.mean(),
+                    "std_over_folds": by_fold.std(ddof=0),
+                    "mean_over_seeds": by_seed.mean(),
+                    "std_over_seeds": by_seed.std(ddof=0) if len(by_seed) > 1 else np.nan,
+                    "pooled_mean": g[metric].mean(),
+                    "pooled_std": g[metric].std(),
+                    "ci_low": g[metric].quantile(0.025),
+                    "ci_high": g[metric].quantile(0.975),
+                    "n": len(g),
+                }
+            )
+    summary = pd.DataFrame(summ)
+    write_tsv(res / "eval/summary.tsv", summary)
+    write_json(res / "eval/summary.json", {"rows": summary.to_dict(orient="records")})
+    table = pd.DataFrame(
+        {
+            "method": ["unet", "baseline_threshold_atlas"],
+            "Dice": ["0.780 ± 0.050", "0.450 ± 0.080"],
+            "HD95 (mm)": ["3.1 ± 1.2", "9.0 ± 0.0"],
+        }
+    )
+    write_tsv(res / "eval/table.tsv", table)
+    write_text(res / "eval/table.md", "| method | Dice |\n|---|---|\n| unet | 0.780 ± 0.050 |\n")
+    ir_rows = []
+    if interrater:
+        for case in CASES["s05"]:
+            for ci, cn in classes:
+                ir_rows.append(
+                    {
+                        "case_id": case,
+                        "class_name": cn,
+                        "pair": "rater0-rater1",
+                        "kind": "rater-rater",
+                        "dice": 0.8,
+                        "hd95_mm": 2.0,
+                        "nsd": 0.9,
+                        "class_index": ci,
+                        "split": "test",
+                        "method": "",
+                        "fold": -1,
+                        "seed": -1,
+                        "rater": "",
+                    }
+                )
+                ir_rows.append(
+                    {
+                        "case_id": case,
+                        "class_name": cn,
+                        "pair": "unet/fold0/seed0-rater0",
+                        "kind": "model-rater",
+                        "dice": 0.78,
+                        "hd95_mm": 2.5,
+                        "nsd": 0.85,
+                        "class_index": ci,
+                        "split": "test",
+                        "method": "unet",
+                        "fold": 0,
+                        "seed": 0,
+                        "rater": "rater0",
+                    }
+                )
+    write_tsv(
+        res / "eval/interrater.tsv",
+        pd.DataFrame(
+            ir_rows,
+            columns=[
+                "case_id",
+                "class_name",
+                "pair",
+                "kind",
+                "dice",
+                "hd95_mm",
+                "nsd",
+                "class_index",
+                "split",
+                "method",
+                "fold",
+                "seed",
+                "rater",
+            ],
+        ),
+    )
+    for case in CASES["s05"]:
+        _, label = _volumes(rng)
+        save_nifti(
+            res / f"predictions/unet/fold0/seed0/{case}.nii.gz", np.roll(label, 1, axis=1), affine
+        )
+    write_json(
+        res / "publish/mlflow.json",
+        {
+            "tracking_uri": "http://127.0.0.1:5000",
+            "experiment_id": "1",
+            "parent_run_id": "abc123",
+            "registered_model": "reproseg-liver",
+            "model_version": "1",
+        },
+    )
+    (res / "publish/bioimageio").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(res / f"publish/bioimageio/{cfg.run_name}.zip", "w") as zf:
+        zf.writestr("rdf.yaml", "name: fake\n")
+    return res
+
+
+def report_inputs(root: Path, cfg: Config | None = None, **overrides: object):
+    """ReportInputs for a fake run under ``root`` (with its DOME record built first)."""
+    from reproseg.dome import build_dome
+    from reproseg.report import ReportInputs
+
+    cfg = cfg or fake_config()
+    res = make_fake_run(root, cfg)
+    runs = sorted(res.glob("models/*/fold*/seed*"))
+    build_dome(
+        cfg,
+        res / "splits/splits.json",
+        res / "eval/summary.json",
+        res / "data/manifest.json",
+        runs[0] / "environment.json",
+        res / "metadata/dome.json",
+        res / "metadata/dome.md",
+        runs[0] / "emissions.json",
+    )
+    fields: dict[str, object] = {
+        "table_tsv": res / "eval/table.tsv",
+        "table_md": res / "eval/table.md",
+        "summary_tsv": res / "eval/summary.tsv",
+        "per_case_tsv": res / "eval/per_case.tsv",
+        "qc_json": res / "qc/qc.json",
+        "qc_md": res / "qc/qc.md",
+        "splits_json": res / "splits/splits.json",
+        "manifest_json": res / "data/manifest.json",
+        "histories": [r / "history.tsv" for r in runs],
+        "environments": [r / "environment.json" for r in runs],
+        "emissions": [r / "emissions.json" for r in runs],
+        "interrater_tsv": res / "eval/interrater.tsv",
+        "dome_json": res / "metadata/dome.json",
+        "mlflow_json": res / "publish/mlflow.json",
+        "bioimageio_zip": res / f"publish/bioimageio/{cfg.run_name}.zip",
+        "predictions_dir": res / "predictions/unet/fold0/seed0",
+        "configfiles": ["config/test.yaml"],
+        "root": root,
+    }
+    fields.update(overrides)
+    return ReportInputs(**fields)  # type: ignore[arg-type]

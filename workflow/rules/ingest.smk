@@ -1,0 +1,48 @@
+# Ingest: fetch the dataset from its source (synthetic | local | omero), canonicalise it to
+# RAS and write the checksummed manifest. Raw files live under results/data/raw; they are
+# not a declared output so that a failed run keeps the cases already fetched (the manifest
+# lists and hashes exactly the files used, and QC verifies the hashes).
+from reproseg.ingest import source_description
+
+
+def ingest_code_hash():
+    """Code hash of ingest, manifest and the active source's module (and raters if fused)."""
+    modules = [
+        "reproseg.ingest",
+        "reproseg.manifest",
+        f"reproseg.sources.{CFG.source.kind}",
+    ]
+    if CFG.train.label_target != "primary":
+        modules.append("reproseg.raters")
+    return code_hash(*modules)
+
+
+if CFG.source.kind == "omero":
+    from reproseg.sources.omero import required_envvars as omero_required_envvars
+
+    # Credentials (password or session key) come only from the environment.
+    envvars:
+        *omero_required_envvars(),
+
+
+rule ingest:
+    output:
+        manifest=ensure("results/data/manifest.tsv", non_empty=True),
+        manifest_json="results/data/manifest.json",
+    log:
+        "logs/ingest/ingest.log",
+    benchmark:
+        "results/benchmarks/ingest.tsv"
+    conda:
+        "../../envs/omero.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        source=source_description(CFG),
+        labels=CFG.labels,
+        label_target=CFG.train.label_target,
+        code=ingest_code_hash(),
+    script:
+        "../../scripts/ingest.py"

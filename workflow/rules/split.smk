@@ -1,0 +1,22 @@
+# Grouped, stable k-fold splits with a held-out test set (reproseg.splits).
+
+
+rule split:
+    input:
+        manifest="results/data/manifest.tsv",
+        qc="results/qc/qc.json",
+    output:
+        splits=ensure("results/splits/splits.json", non_empty=True),
+    log:
+        "logs/split/split.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        split=CFG.split.model_dump(),
+        code=code_hash("reproseg.splits"),
+    script:
+        "../../scripts/split.py"

@@ -1,0 +1,48 @@
+# One training job per model x fold x seed (reproseg.train). The resumable checkpoint.pt next
+# to model.pt is deliberately NOT an output: Snakemake would delete it when a job fails, and a
+# rerun would then start over instead of resuming.
+
+
+rule train:
+    input:
+        manifest="results/data/manifest.tsv",
+        splits="results/splits/splits.json",
+    output:
+        model=ensure(
+            "results/models/{model}/fold{fold}/seed{seed}/model.pt", non_empty=True
+        ),
+        history="results/models/{model}/fold{fold}/seed{seed}/history.tsv",
+        preprocessing="results/models/{model}/fold{fold}/seed{seed}/preprocessing.json",
+        environment="results/models/{model}/fold{fold}/seed{seed}/environment.json",
+        emissions="results/models/{model}/fold{fold}/seed{seed}/emissions.json",
+        curve=report(
+            "results/models/{model}/fold{fold}/seed{seed}/history.png",
+            category="Training",
+            subcategory="{model}",
+            labels={"model": "{model}", "fold": "{fold}", "seed": "{seed}"},
+        ),
+    log:
+        "logs/train/{model}_fold{fold}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{model}_fold{fold}_seed{seed}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    # torch.set_num_threads(threads): CPU results depend on it, keep it equal on every executor.
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        # not models or seeds: adding one must not rerun the existing jobs
+        train=CFG.train.model_dump(exclude={"models", "seeds"}),
+        model=lambda wc: CFG.train.models[wc.model].model_dump(),
+        labels=CFG.labels,
+        code=code_hash(
+            "reproseg.train",
+            "reproseg.data",
+            "reproseg.models",
+            "reproseg.determinism",
+            "reproseg.predict",
+        ),
+    script:
+        "../../scripts/train.py"
