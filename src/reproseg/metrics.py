@@ -5,12 +5,14 @@ The numbers come from MONAI's implementations (``monai.metrics.compute_dice``,
 ``compute_surface_dice(class_thresholds=[tol], spacing=...)``); this module only decides
 *what* to feed them and what to report when a mask is empty.
 
-Speed. Surface metrics need a Euclidean distance transform. We crop each class's pair of
+Speed. MONAI 1.6 finds surface voxels by binary erosion and measures their distances with a
+KD-tree over the surface voxels (CPU). Handed whole volumes, it still builds full-size
+one-hot channels and scans every voxel of each of them. We crop each class's pair of
 binary masks to the bounding box of ``pred | ref`` (plus a one-voxel margin, so the mask
-borders are still detected as edges) before calling MONAI. Every surface voxel and every
-distance between two surface voxels lies inside that box, so the result is identical to the
-full-volume call, but the one-hot conversion, edge detection and distance transform run on
-a small block instead of the whole volume (``benchmarks/bench_metrics.py`` checks both).
+borders are still detected as edges) before calling MONAI. Every surface voxel lies inside
+that box, so the numbers are identical to the full-volume call while the work shrinks to a
+small block per class; ``benchmarks/bench_metrics.py`` measures the speed-up (2.5-5x on a
+256^3 volume with 9 classes, a few seconds in all) and checks that both give the same values.
 
 Empty-mask convention (MONAI returns NaN or inf there, which would poison every mean):
 

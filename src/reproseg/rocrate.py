@@ -119,7 +119,7 @@ def jobs_from_snakemake_metadata(workdir: str | Path) -> list[Job]:
         if rec.get("incomplete") or not rec.get("rule"):
             continue
         inputs = sorted(str(i) for i in rec.get("input") or [])
-        key = (rec["rule"], rec.get("job_hash"), rec.get("starttime"), tuple(inputs))
+        key = (rec["rule"], rec.get("job_hash"), tuple(inputs))
         job = grouped.setdefault(
             key, Job(rec["rule"], inputs, [], rec.get("starttime"), rec.get("endtime"))
         )

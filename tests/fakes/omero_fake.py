@@ -22,7 +22,8 @@ relies on it:
 * Objects returned to a client are copies: changes reach the server only when saved.
 * Fault injection: ``fail_plane_calls`` (the Nth ``getPlane`` call drops the connection,
   which then stays dead; a fresh connection works), ``truncate_files`` (short downloads),
-  ``echo_secret_on_image`` (a server error that repeats the password).
+  ``corrupt_files`` (a flipped byte), ``echo_secret_on_image`` (a server error that repeats
+  the password).
 """
 
 from __future__ import annotations
@@ -301,6 +302,7 @@ class FakeServer:
         self.plane_calls = 0
         self.fail_plane_calls: set[int] = set()
         self.truncate_files: set[int] = set()
+        self.corrupt_files: set[int] = set()
         self.echo_secret_on_image: set[int] = set()
         self.connections: list[BlitzGateway] = []
         SERVERS[host] = self
@@ -435,6 +437,8 @@ class OriginalFileWrapper(_Wrapper):
         data = self._f.data
         if self._f.id in self._conn._server.truncate_files:
             data = data[: len(data) // 2]
+        if self._f.id in self._conn._server.corrupt_files:  # same size, one byte flipped
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
         for i in range(0, len(data), 1000):  # small chunks: exercise streaming
             self._conn._check()
             yield data[i : i + 1000]

@@ -271,6 +271,11 @@ def test_read_volume_errors(tmp_path: Path) -> None:
     (tmp_path / "x.nrrd").write_text("NRRD0004\ngarbage\n")
     with pytest.raises(ValueError, match=r"x\.nrrd: cannot read volume"):
         read_volume(tmp_path / "x.nrrd")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)), str(tmp_path / "t.nii"))
+    with pytest.raises(ValueError, match=r"t\.nii: expected a 3D volume, got shape \(4, 4, 4, 2\)"):
+        read_volume(tmp_path / "t.nii")
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 1), np.int16), np.eye(4)), str(tmp_path / "s.nii"))
+    assert read_volume(tmp_path / "s.nii")[0].shape == (4, 4, 4)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: cannot read volume: no DICOM series"):
         read_volume(tmp_path / "empty")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io as _io
 import logging
+import sys
+import types
 from pathlib import Path
 
 import nibabel as nib
@@ -257,6 +259,10 @@ def test_polygon_rois_rasterised_per_plane(server: fake.FakeServer, tmp_path: Pa
     server.add_roi(iid, roi)
     (rec,) = om.fetch(ocfg(image_ids=[iid], label_source="polygon"), LABELS, tmp_path)
     lab = load_nifti(rec.label)[0]
+    # A polygon edited on the server (same shape ID) is fetched again on rerun.
+    server.rois[iid][0].copyShapes()[0].setPoints(fake.rstring("0,0 2,0 2,2 0,2"))
+    (rec2,) = om.fetch(ocfg(image_ids=[iid], label_source="polygon"), LABELS, tmp_path)
+    assert load_nifti(rec2.label)[0][5, 3, 1] == 0 and load_nifti(rec2.label)[0][1, 1, 1] == 1
     assert lab.shape == (10, 8, 3)
     assert lab[:, :, 0].sum() == 0 and lab[:, :, 2].sum() == 0
     inside = np.argwhere(lab[:, :, 1] == 1)  # (x, y) pairs
@@ -380,6 +386,45 @@ def test_truncated_download_is_detected(server: fake.FakeServer, tmp_path: Path)
     ):
         om.fetch(ocfg(image_ids=[iid]), LABELS, tmp_path)
     assert not list((tmp_path / ".omero" / "downloads").glob("*l.nii"))
+
+
+def test_corrupted_download_fails_the_server_checksum(
+    server: fake.FakeServer, tmp_path: Path
+) -> None:
+    iid = server.add_image("c", volume(1), spacing=(1, 1, 1))
+    aid = server.add_file_annotation(iid, "l.nii", nifti_bytes(label_volume()), ns="reproseg.label")
+    server.corrupt_files.add(server.annotations[aid].file.id)
+    with pytest.raises(ValueError, match=rf"Image:{iid} FileAnnotation:{aid}.*SHA1 check"):
+        om.fetch(ocfg(image_ids=[iid]), LABELS, tmp_path)
+
+
+def test_connection_errors_include_ice_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    ice = types.ModuleType("Ice")
+
+    class ConnectionLostException(Exception):
+        pass
+
+    ice.ConnectionLostException = ConnectionLostException  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "Ice", ice)
+    errors = om.connection_errors()
+    assert ConnectionLostException in errors and ConnectionError in errors
+
+
+def test_without_omero_py_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "omero", None)
+    monkeypatch.setitem(sys.modules, "omero.gateway", None)
+    creds = om.Credentials(HOST, 4064, "alice", "", password=PASSWORD)
+    with pytest.raises(ValueError, match="envs/omero.yaml"):
+        om.blitz_connect(creds)
+
+
+def test_omero_pixel_types() -> None:
+    assert op.omero_pixels(np.ones((2, 2, 2), bool)).dtype == np.uint8
+    assert op.omero_pixels(np.arange(8, dtype=np.int64).reshape(2, 2, 2)).dtype == np.int32
+    assert op.omero_pixels(np.full((1, 1, 1), 2**40, np.int64)).dtype == np.float64
+    assert op.omero_pixels(np.zeros((1, 1, 1), np.int16)).dtype == np.int16
+    assert op.parse_source_uri("omero://h.org/Image:12") == ("h.org", 12)
+    assert op.parse_source_uri("synthetic:seed=1#c") is None
 
 
 # ----------------------------------------------------------------------------- write-back

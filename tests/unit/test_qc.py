@@ -320,3 +320,22 @@ def test_cli_exit_code(ds: Dataset, tmp_path: Path) -> None:
         cli(["--manifest", str(ds.write()), "--config", str(cfg), "--out", str(tmp_path / "b")])
         == 1
     )
+
+
+def test_synthetic_source_through_ingest_and_qc(tmp_path: Path) -> None:
+    """The synthetic source goes through the same ingest (consensus included) and QC."""
+    from reproseg.ingest import run_ingest
+
+    cfg = Config.model_validate(
+        {
+            "source": {"synthetic": {"n_subjects": 2, "shape": [24, 24, 24], "n_annotators": 2}},
+            "train": {"label_target": "majority"},
+            # 24 voxels across an abdomen: coarse voxels, plausible for this test only.
+            "qc": {"spacing_range_mm": [0.2, 40.0]},
+        }
+    )
+    df = run_ingest(cfg, tmp_path / "data")
+    assert set(df["annotator"]) == {"majority"} and set(df["raters"]) == {"rater0;rater1"}
+    assert df["source_uri"].str.startswith("synthetic:").all()
+    summary = run_qc(tmp_path / "data" / "manifest.tsv", cfg, tmp_path / "qc")
+    assert summary["ok"] and summary["n_cases"] == len(df) >= 2

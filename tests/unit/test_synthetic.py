@@ -23,12 +23,20 @@ from reproseg.sources.synthetic import (
     rater_label,
 )
 
-SMALL = dict(seed=5, n_subjects=4, multi_scan_fraction=0.5, shape=[32, 32, 32], n_annotators=2)
+SMALL = {
+    "seed": 5,
+    "n_subjects": 4,
+    "multi_scan_fraction": 0.5,
+    "shape": [32, 32, 32],
+    "n_annotators": 2,
+}
 
 
 def _hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, by relative path."""
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +70,12 @@ def test_different_seed_gives_different_data(tmp_path: Path) -> None:
 def test_a_case_does_not_depend_on_the_others(tmp_path: Path) -> None:
     """A case is seeded by (seed, subject, scan): adding subjects leaves it unchanged."""
     base = {**SMALL, "shape": [24, 24, 24], "n_annotators": 1, "multi_scan_fraction": 0.0}
-    generate_dataset(SyntheticSource(**{**base, "n_subjects": 2}), dict(COUINAUD_LABELS), tmp_path / "a")
-    generate_dataset(SyntheticSource(**{**base, "n_subjects": 3}), dict(COUINAUD_LABELS), tmp_path / "b")
+    generate_dataset(
+        SyntheticSource(**{**base, "n_subjects": 2}), dict(COUINAUD_LABELS), tmp_path / "a"
+    )
+    generate_dataset(
+        SyntheticSource(**{**base, "n_subjects": 3}), dict(COUINAUD_LABELS), tmp_path / "b"
+    )
     ha, hb = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
     assert all(hb[k] == v for k, v in ha.items())
 
@@ -109,7 +121,7 @@ def test_affine_spacing_shape_consistent(dataset: tuple[Path, list]) -> None:
         # qform and sform agree, so every reader sees the same geometry
         np.testing.assert_allclose(img.get_qform(), img.get_sform(), atol=1e-5)
         centre = img.affine @ np.array([*((np.array(img.shape) - 1) / 2), 1.0])
-        assert np.abs(centre[:3]).max() < 1e-6
+        assert np.abs(centre[:3]).max() < 1e-3  # header stores float32
         for path in [r.label, *r.rater_labels.values()]:
             lab = nib.load(path)
             assert lab.shape == img.shape
@@ -118,7 +130,9 @@ def test_affine_spacing_shape_consistent(dataset: tuple[Path, list]) -> None:
 
 def test_spacing_anisotropic_and_varies_between_subjects(dataset: tuple[Path, list]) -> None:
     _, records = dataset
-    spacings = {r.subject_id: tuple(map(float, r.metadata["spacing_mm"].split(","))) for r in records}
+    spacings = {
+        r.subject_id: tuple(map(float, r.metadata["spacing_mm"].split(","))) for r in records
+    }
     assert len(set(spacings.values())) == len(spacings)  # every subject differs
     for sx, sy, sz in spacings.values():
         assert sx == sy  # square pixels, as in CT
@@ -162,8 +176,11 @@ def test_lesions_are_hypodense_and_keep_segment_labels() -> None:
     assert with_lesion.metadata["has_lesion"] and not without.metadata["has_lesion"]
     # lesions change the image inside the liver but not a single label voxel
     np.testing.assert_array_equal(with_lesion.label, without.label)
-    liver = with_lesion.label > 0
-    assert with_lesion.image[liver].mean() < without.image[liver].mean() - 1.0
+    # same anatomy, scan and noise: the images differ only by the darker lesions in the liver
+    diff = with_lesion.image.astype(float) - without.image.astype(float)
+    assert diff.min() < -15 and diff.max() <= 1
+    near_liver = ndimage.binary_dilation(with_lesion.label > 0, iterations=2)
+    assert not diff[~near_liver].any()
 
 
 def test_raters_differ_only_near_boundaries() -> None:
@@ -196,11 +213,15 @@ def test_raters_differ_only_near_boundaries() -> None:
 
 
 def test_single_annotator_writes_the_truth(tmp_path: Path) -> None:
-    cfg = SyntheticSource(seed=2, n_subjects=2, multi_scan_fraction=0.0, shape=[24, 24, 24], n_annotators=1)
+    cfg = SyntheticSource(
+        seed=2, n_subjects=2, multi_scan_fraction=0.0, shape=[24, 24, 24], n_annotators=1
+    )
     records = generate_dataset(cfg, dict(COUINAUD_LABELS), tmp_path)
     assert all(r.rater_labels == {} for r in records)
     assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == [
-        "liver_000_s0.nii.gz", "liver_001_s0.nii.gz"]
+        "liver_000_s0.nii.gz",
+        "liver_001_s0.nii.gz",
+    ]
     truth = generate_case(2, 0, 0, (24, 24, 24)).label
     np.testing.assert_array_equal(np.asarray(nib.load(records[0].label).dataobj), truth)
 
@@ -227,8 +248,22 @@ def test_larger_non_cubic_volume_and_explicit_spacing() -> None:
 
 def test_cli_writes_dataset_and_case_list(tmp_path: Path) -> None:
     out = tmp_path / "synth"
-    rc = synthetic.cli(["--out", str(out), "--seed", "3", "--n-subjects", "2",
-                        "--shape", "24", "24", "24", "--n-annotators", "3"])
+    rc = synthetic.cli(
+        [
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--n-subjects",
+            "2",
+            "--shape",
+            "24",
+            "24",
+            "24",
+            "--n-annotators",
+            "3",
+        ]
+    )
     assert rc == 0
     cases = json.loads((out / "cases.json").read_text())["cases"]
     assert len(cases) >= 2

@@ -671,6 +671,8 @@ def decode_label_file(path: Path, name: str, size: tuple[int, int, int], where: 
 
 def check_label_values(volume: np.ndarray, labels: dict[int, str], where: str) -> np.ndarray:
     """``volume`` as uint8 after checking every value is in the label map."""
+    if max(labels) > 255:
+        raise ValueError(f"{where}: label values above 255 do not fit the uint8 label files")
     values = np.unique(volume)
     bad = sorted(int(v) for v in values if int(v) not in labels)
     if bad:
@@ -744,6 +746,30 @@ class _Plan:
     fingerprint: str
 
 
+def _shape_digest(shape: Any) -> tuple[Any, ...]:
+    """ID, kind, plane, text and a hash of the geometry of an ROI shape."""
+    kind = _kind(shape)
+    if kind == "Mask":
+        geometry = [
+            _val(shape.getX()),
+            _val(shape.getY()),
+            _val(shape.getWidth()),
+            _val(shape.getHeight()),
+            hashlib.sha256(bytes(shape.getBytes())).hexdigest(),
+        ]
+    elif kind == "Polygon":
+        geometry = [str(_val(shape.getPoints()))]
+    else:
+        geometry = []
+    return (
+        _val(shape.getId()),
+        kind,
+        _val(shape.getTheZ()),
+        _val(shape.getTextValue()),
+        sha256_json(geometry),
+    )
+
+
 def _plan_image(conn: Gateway, iid: int, cfg: OmeroSource) -> tuple[Any, _Plan]:
     image = conn.getObject("Image", iid)
     if image is None:
@@ -777,8 +803,15 @@ def _plan_image(conn: Gateway, iid: int, cfg: OmeroSource) -> tuple[Any, _Plan]:
         ]
     else:
         rois = list(conn.getRoiService().findByImage(iid, None).rois)
+        # Shapes are edited in place on the server (same ID), so their content is fingerprinted.
         label_desc = [
-            (_val(r.getId()), sorted(_val(s.getId()) for s in r.copyShapes())) for r in rois
+            (
+                _val(r.getId()),
+                _val(r.getName()),
+                _val(r.getDescription()),
+                sorted(_shape_digest(s) for s in r.copyShapes()),
+            )
+            for r in rois
         ]
     size = (image.getSizeX(), image.getSizeY(), image.getSizeZ())
     fingerprint = sha256_json(
@@ -989,8 +1022,9 @@ def cli(argv: list[str]) -> int:
     def server_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--config",
-            default="config/config.yaml",
-            help="config whose source.omero gives host/port/user/group (default %(default)s)",
+            action="append",
+            help="config YAML giving source.omero and labels; repeat to overlay "
+            "(default: config/config.yaml)",
         )
         p.add_argument("--host", help="override source.omero.host")
         p.add_argument("--port", type=int, help="override source.omero.port")
@@ -1029,11 +1063,11 @@ def cli(argv: list[str]) -> int:
     up.add_argument("--workdir", default=".")
 
     args = parser.parse_args(argv)
-    from reproseg.config import load_config
+    from reproseg.ingest import load_merged_config
     from reproseg.logs import setup_logging
 
     setup_logging()
-    config = load_config(args.config)
+    config = load_merged_config(args.config or ["config/config.yaml"])
     overrides = {k: getattr(args, k) for k in ("host", "port", "user", "group") if getattr(args, k)}
     cfg = config.source.omero.model_copy(update=overrides)
     try:

@@ -56,12 +56,30 @@ HU_MIN, HU_MAX = -1024, 3071
 #: in-plane / across slices), calibration offset (HU), field-of-view margin around the body
 #: and craniocaudal coverage (mm). Different scanners give different noise and spacing.
 SCANNERS: dict[str, dict[str, Any]] = {
-    "sim_ct_a": {"noise": 1.0, "psf_xy": 0.45, "psf_z": 0.45, "offset": 0.0,
-                 "fov_margin": (1.04, 1.12), "z_cover": (200.0, 235.0)},
-    "sim_ct_b": {"noise": 1.4, "psf_xy": 0.65, "psf_z": 0.55, "offset": 6.0,
-                 "fov_margin": (1.10, 1.22), "z_cover": (215.0, 250.0)},
-    "sim_ct_c": {"noise": 0.8, "psf_xy": 0.35, "psf_z": 0.6, "offset": -4.0,
-                 "fov_margin": (1.02, 1.08), "z_cover": (195.0, 225.0)},
+    "sim_ct_a": {
+        "noise": 1.0,
+        "psf_xy": 0.45,
+        "psf_z": 0.45,
+        "offset": 0.0,
+        "fov_margin": (1.04, 1.12),
+        "z_cover": (200.0, 235.0),
+    },
+    "sim_ct_b": {
+        "noise": 1.4,
+        "psf_xy": 0.65,
+        "psf_z": 0.55,
+        "offset": 6.0,
+        "fov_margin": (1.10, 1.22),
+        "z_cover": (215.0, 250.0),
+    },
+    "sim_ct_c": {
+        "noise": 0.8,
+        "psf_xy": 0.35,
+        "psf_z": 0.6,
+        "offset": -4.0,
+        "fov_margin": (1.02, 1.08),
+        "z_cover": (195.0, 225.0),
+    },
 }
 
 #: Purposes of the per-case random streams (the last element of the seed sequence).
@@ -140,8 +158,14 @@ class SyntheticVolume:
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Rotation matrix R = Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
-    cz, sz, cy, sy, cx, sx = (math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch),
-                              math.cos(roll), math.sin(roll))
+    cz, sz, cy, sy, cx, sx = (
+        math.cos(yaw),
+        math.sin(yaw),
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(roll),
+        math.sin(roll),
+    )
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -167,14 +191,15 @@ def _template_shape(ux: np.ndarray, uy: np.ndarray, uz: np.ndarray) -> np.ndarra
     yh = 38.0 + (74.0 - 38.0) * t
     zc, zh = 14.0 + (-10.0 - 14.0) * t, 34.0 + (80.0 - 34.0) * t
     p = 2.6
-    return (np.abs((ux + 6.0) / 116.0) ** p + np.abs((uy - yc) / yh) ** p
-            + np.abs((uz - zc) / zh) ** p)
+    return (
+        np.abs((ux + 6.0) / 116.0) ** p + np.abs((uy - yc) / yh) ** p + np.abs((uz - zc) / zh) ** p
+    )
 
 
 def _template_points(step: float = 6.0) -> np.ndarray:
     """Points (N, 3) inside the liver template, for placing the liver in the body."""
     lo, hi = _LIVER_BOX
-    grid = np.mgrid[lo[0]:hi[0]:step, lo[1]:hi[1]:step, lo[2]:hi[2]:step].reshape(3, -1)
+    grid = np.mgrid[lo[0] : hi[0] : step, lo[1] : hi[1] : step, lo[2] : hi[2] : step].reshape(3, -1)
     return grid[:, _template_shape(*grid) <= 1.0].T
 
 
@@ -193,8 +218,11 @@ def sample_anatomy(rng: np.random.Generator, lesion_probability: float = 0.3) ->
     body_b = max(float(rng.uniform(118, 138)), (ap + 2 * wall + gap) / 1.9)
     right_wall = body_a - wall - gap - 0.1 * body_a  # superellipse corners are rounded
     back_wall = -0.95 * body_b + wall + gap + 0.08 * body_b
-    center = (float(right_wall - pts[:, 0].max()), float(back_wall - pts[:, 1].min()),
-              float(rng.uniform(-2, 12)))
+    center = (
+        float(right_wall - pts[:, 0].max()),
+        float(back_wall - pts[:, 1].min()),
+        float(rng.uniform(-2, 12)),
+    )
     ivc = np.asarray(center[:2]) + (rot @ (np.array([*_IVC_LOCAL, 0.0]) * scale))[:2]
     spine_y = max(float(ivc[1]) - float(rng.uniform(24, 30)), -0.95 * body_b + fat + 48.0)
     deform = []
@@ -206,6 +234,25 @@ def sample_anatomy(rng: np.random.Generator, lesion_probability: float = 0.3) ->
         deform.append((*(direction * 2 * math.pi / wavelength), rng.uniform(0, 2 * math.pi), *amp))
     base = np.deg2rad([15.0, 92.0, 125.0])  # right, middle, left vein azimuths from +x
     angles = base + np.deg2rad(rng.uniform(-7, 7, 3))
+    bowel = tuple(
+        (
+            *(float(v) for v in rng.normal(size=3) / rng.uniform(9, 16)),
+            float(rng.uniform(0, 2 * math.pi)),
+        )
+        for _ in range(6)
+    )
+    more: dict[str, Any] = {
+        "body_p": float(rng.uniform(2.2, 2.8)),
+        "aorta_xy": (float(rng.uniform(-24, -14)), float(spine_y + rng.uniform(24, 30))),
+        "vein_slopes": tuple(float(v) for v in rng.uniform(0.35, 0.75, 3)),
+        "vein_bends": tuple(float(v) for v in rng.uniform(-0.004, 0.004, 3)),
+        "vein_radius": float(rng.uniform(5.0, 7.0)),
+        "portal_z": float(rng.uniform(-14, -2)),
+        "portal_tilt": (float(rng.uniform(-0.16, -0.08)), float(rng.uniform(-0.06, 0.06))),
+        "dome_z": float(72 * scale[2] - rng.uniform(2, 10)),
+        "gallbladder": bool(rng.random() < 0.85),
+    }
+    # Lesions are drawn last, so the lesion setting never changes the rest of the anatomy.
     lesions: list[tuple[float, float, float, float]] = []
     if rng.random() < lesion_probability:
         for _ in range(int(rng.integers(1, 4))):
@@ -216,24 +263,20 @@ def sample_anatomy(rng: np.random.Generator, lesion_probability: float = 0.3) ->
                 c = rng.uniform([-55, -5, -15], [-10, 35, 25])
             lesions.append((*(float(v) for v in c), float(rng.uniform(6, 15))))
     return Anatomy(
-        body_a=body_a, body_b=body_b, body_p=float(rng.uniform(2.2, 2.8)), fat=fat, muscle=muscle,
-        spine_y=spine_y, ivc_xy=(float(ivc[0]), float(ivc[1])),
-        aorta_xy=(float(rng.uniform(-24, -14)), float(spine_y + rng.uniform(24, 30))),
-        liver_center=center, liver_rot=tuple(tuple(float(v) for v in r) for r in rot),
-        liver_scale=scale, deform=tuple(tuple(float(v) for v in d) for d in deform),
+        body_a=body_a,
+        body_b=body_b,
+        fat=fat,
+        muscle=muscle,
+        spine_y=spine_y,
+        ivc_xy=(float(ivc[0]), float(ivc[1])),
+        liver_center=center,
+        liver_rot=tuple(tuple(float(v) for v in r) for r in rot),
+        liver_scale=scale,
+        deform=tuple(tuple(float(v) for v in d) for d in deform),
         vein_angles=tuple(float(a) for a in angles),  # type: ignore[arg-type]
-        vein_slopes=tuple(float(v) for v in rng.uniform(0.35, 0.75, 3)),  # type: ignore[arg-type]
-        vein_bends=tuple(float(v) for v in rng.uniform(-0.004, 0.004, 3)),  # type: ignore[arg-type]
-        vein_radius=float(rng.uniform(5.0, 7.0)),
-        portal_z=float(rng.uniform(-14, -2)),
-        portal_tilt=(float(rng.uniform(-0.16, -0.08)), float(rng.uniform(-0.06, 0.06))),
-        dome_z=float(72 * scale[2] - rng.uniform(2, 10)),
-        gallbladder=bool(rng.random() < 0.85),
         lesions=tuple(lesions),
-        bowel_waves=tuple(
-            (*(float(v) for v in rng.normal(size=3) / rng.uniform(9, 16)), float(rng.uniform(0, 2 * math.pi)))
-            for _ in range(6)
-        ),
+        bowel_waves=bowel,
+        **more,
     )
 
 
@@ -288,8 +331,13 @@ def _affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) ->
     return aff
 
 
-def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, c: tuple[float, float, float],
-               r: tuple[float, float, float]) -> np.ndarray:
+def _ellipsoid(
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    c: tuple[float, float, float],
+    r: tuple[float, float, float],
+) -> np.ndarray:
     """Boolean ellipsoid mask (axis-aligned) on broadcastable coordinate arrays."""
     return ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1.0
 
@@ -351,16 +399,31 @@ def _liver_fields(u: np.ndarray, an: Anatomy) -> dict[str, np.ndarray]:
     caudate = _ellipsoid(ux, uy, uz, tuple(cc.tolist()), tuple(cr.tolist()))
     segment[caudate] = 1
     gc, gr = _GALLBLADDER
-    gallbladder = _ellipsoid(ux, uy, uz, tuple(gc.tolist()), tuple(gr.tolist())) if an.gallbladder else np.zeros_like(liver)
+    gallbladder = (
+        _ellipsoid(ux, uy, uz, tuple(gc.tolist()), tuple(gr.tolist()))
+        if an.gallbladder
+        else np.zeros_like(liver)
+    )
     lesion = np.zeros(ux.shape, dtype=bool)
     for lx, ly, lz, lr in an.lesions:
         lesion |= _ellipsoid(ux, uy, uz, (lx, ly, lz), (lr, lr * 0.9, lr * 1.1))
-    return {"liver": liver, "vessel": vessel & (shape_f <= 1.02), "trunk": trunk,
-            "gallbladder": gallbladder, "segment": segment, "lesion": lesion}
+    return {
+        "liver": liver,
+        "vessel": vessel & (shape_f <= 1.02),
+        "trunk": trunk,
+        "gallbladder": gallbladder,
+        "segment": segment,
+        "lesion": lesion,
+    }
 
 
-def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
-           rng: np.random.Generator, lesion_growth: float = 1.0) -> SyntheticVolume:
+def render(
+    anatomy: Anatomy,
+    scan: Scan,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    lesion_growth: float = 1.0,
+) -> SyntheticVolume:
     """Render one scan to an int16 HU image and its uint8 truth label on a ``shape`` grid.
 
     Tissue classes are evaluated at voxel centres (the label is exactly that map); the image
@@ -393,7 +456,9 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
     bowel_field = np.zeros(shape, dtype=np.float32)
     for kx, ky, kz, phase in an.bowel_waves:  # random directions: no lattice artefact
         bowel_field += np.sin(kx * ax2 + ky * ay2 + kz * az + phase)
-    img = np.where(cavity, np.where(bowel_field > -0.8, 30.0, scan.fat_hu + 10.0), img).astype(np.float32)
+    img = np.where(cavity, np.where(bowel_field > -0.8, 30.0, scan.fat_hu + 10.0), img).astype(
+        np.float32
+    )
 
     # --- diaphragm, lung bases, heart -------------------------------------------------------
     lc = [float(v) for v in an.liver_center]  # Python floats keep arrays float32 (NEP 50)
@@ -402,8 +467,9 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
     diaphragm = np.maximum(dome_r, dome_l)
     thorax = cavity & (az > diaphragm)
     img[thorax] = -860.0
-    heart = thorax & _ellipsoid(ax2, ay2, az, (-30.0, an.spine_y + 95.0, lc[2] + an.dome_z + 40.0),
-                                (62.0, 48.0, 55.0))
+    heart = thorax & _ellipsoid(
+        ax2, ay2, az, (-30.0, an.spine_y + 95.0, lc[2] + an.dome_z + 40.0), (62.0, 48.0, 55.0)
+    )
     img[heart] = scan.vessel_hu - 60.0
     abdomen = cavity & ~thorax
 
@@ -421,7 +487,10 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
     img[stomach_air] = -1000.0
     # Paraspinal muscles behind the spine.
     for side in (-1.0, 1.0):
-        img[(depth >= an.fat) & _ellipsoid(ax2, ay2, az, (side * 30.0, s - 42.0, 0.0), (24.0, 24.0, 1e6))] = scan.muscle_hu
+        img[
+            (depth >= an.fat)
+            & _ellipsoid(ax2, ay2, az, (side * 30.0, s - 42.0, 0.0), (24.0, 24.0, 1e6))
+        ] = scan.muscle_hu
 
     # --- liver (liver-local frame, only inside its bounding box) ----------------------------
     label = np.zeros(shape, dtype=np.uint8)
@@ -429,14 +498,24 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
     scl = np.asarray(an.liver_scale)
     lo, hi = _LIVER_BOX
     margin = 25.0
-    corners = np.array([[x, y, z] for x in (lo[0] - margin, hi[0] + margin)
-                        for y in (lo[1] - margin, hi[1] + margin) for z in (lo[2] - margin, hi[2] + 70)])
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (lo[0] - margin, hi[0] + margin)
+            for y in (lo[1] - margin, hi[1] + margin)
+            for z in (lo[2] - margin, hi[2] + 70)
+        ]
+    )
     anat = (rot @ (corners * scl).T).T + np.asarray(lc)
     # back to world: world = Rz(yaw)^T anat + shift
-    wc = np.stack([cy * anat[:, 0] - sy * anat[:, 1], sy * anat[:, 0] + cy * anat[:, 1], anat[:, 2]], 1)
+    wc = np.stack(
+        [cy * anat[:, 0] - sy * anat[:, 1], sy * anat[:, 0] + cy * anat[:, 1], anat[:, 2]], 1
+    )
     wc += np.asarray(scan.shift)
-    idx_lo = [max(0, int(math.floor((wc[:, i].min() - affine[i, 3]) / sp[i]))) for i in range(3)]
-    idx_hi = [min(shape[i], int(math.ceil((wc[:, i].max() - affine[i, 3]) / sp[i])) + 1) for i in range(3)]
+    idx_lo = [max(0, math.floor((wc[:, i].min() - affine[i, 3]) / sp[i])) for i in range(3)]
+    idx_hi = [
+        min(shape[i], math.ceil((wc[:, i].max() - affine[i, 3]) / sp[i]) + 1) for i in range(3)
+    ]
     box = tuple(slice(l, h) for l, h in zip(idx_lo, idx_hi, strict=True))
     if all(h > l for l, h in zip(idx_lo, idx_hi, strict=True)):
         bx, by, bz = ax2[box[0], box[1], :], ay2[box[0], box[1], :], az[:, :, box[2]]
@@ -453,9 +532,16 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
         fields = _liver_fields(np.stack(np.broadcast_arrays(*u)), an)
         sub_dia = np.broadcast_to(diaphragm, shape)[box]
         sub_cav = np.broadcast_to(cavity, shape)[box]
-        ivc_in_box = ((bx - an.ivc_xy[0]) ** 2 + (by - an.ivc_xy[1]) ** 2 <= 11.0**2) & np.ones_like(bz, bool)
-        liver = (fields["liver"] & sub_cav & (np.broadcast_to(bz, sub_dia.shape) < sub_dia - 5.0)
-                 & ~ivc_in_box & ~fields["gallbladder"])
+        ivc_in_box = (
+            (bx - an.ivc_xy[0]) ** 2 + (by - an.ivc_xy[1]) ** 2 <= 11.0**2
+        ) & np.ones_like(bz, bool)
+        liver = (
+            fields["liver"]
+            & sub_cav
+            & (np.broadcast_to(bz, sub_dia.shape) < sub_dia - 5.0)
+            & ~ivc_in_box
+            & ~fields["gallbladder"]
+        )
         sub = img[box]
         sub[fields["gallbladder"] & sub_cav & ~liver] = 8.0
         sub[fields["trunk"] & sub_cav] = scan.vessel_hu
@@ -463,8 +549,11 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
         lesion = np.zeros_like(liver)
         for lx, ly, lz, lr in an.lesions:
             g = lesion_growth
-            lesion |= (((u[0] - lx) / (lr * g)) ** 2 + ((u[1] - ly) / (lr * 0.9 * g)) ** 2
-                       + ((u[2] - lz) / (lr * 1.1 * g)) ** 2) <= 1.0
+            lesion |= (
+                ((u[0] - lx) / (lr * g)) ** 2
+                + ((u[1] - ly) / (lr * 0.9 * g)) ** 2
+                + ((u[2] - lz) / (lr * 1.1 * g)) ** 2
+            ) <= 1.0
         lesion &= liver
         sub[lesion] = scan.liver_hu - 38.0
         sub[fields["vessel"] & liver] = scan.vessel_hu
@@ -483,12 +572,17 @@ def render(anatomy: Anatomy, scan: Scan, shape: tuple[int, int, int],
     disc = np.cos(2 * math.pi * (az - lc[2]) / 32.0) > 0.88  # intervertebral discs every 32 mm
     img = np.where(vb <= 18.0, np.where(vb > 15.5, 650.0, np.where(disc, 85.0, 240.0)), img)
     post = _ellipsoid(ax2, ay2, az, (0.0, s - 38.0, 0.0), (6.0, 22.0, 1e6)) | _ellipsoid(
-        ax2, ay2, az, (0.0, s - 21.0, 0.0), (16.0, 5.0, 1e6))
-    img = np.where(post & ~np.broadcast_to(disc, post.shape) & (vb > 18.0), 520.0, img).astype(np.float32)
+        ax2, ay2, az, (0.0, s - 21.0, 0.0), (16.0, 5.0, 1e6)
+    )
+    img = np.where(post & ~np.broadcast_to(disc, post.shape) & (vb > 18.0), 520.0, img).astype(
+        np.float32
+    )
 
     # --- acquisition: partial volume blur, bias, noise, quantisation -------------------------
     sc = SCANNERS[scan.scanner]
-    img = ndimage.gaussian_filter(img, sigma=(sc["psf_xy"], sc["psf_xy"], sc["psf_z"]), mode="nearest")
+    img = ndimage.gaussian_filter(
+        img, sigma=(sc["psf_xy"], sc["psf_xy"], sc["psf_z"]), mode="nearest"
+    )
     nx = (ax2 / an.body_a).astype(np.float32)
     ny = (ay2 / an.body_b).astype(np.float32)
     nz = (az / 150.0).astype(np.float32)
@@ -527,9 +621,11 @@ def generate_volume(
     """
     shape = _check_shape(shape)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    anatomy = sample_anatomy(gen, lesion_probability)
-    scan = sample_scan(gen, anatomy, shape, noise_hu, spacing)
-    return render(anatomy, scan, shape, gen)
+    # Independent child streams: the anatomy, the scan and the noise never shift each other.
+    anatomy_rng, scan_rng, noise_rng = gen.spawn(3)
+    anatomy = sample_anatomy(anatomy_rng, lesion_probability)
+    scan = sample_scan(scan_rng, anatomy, shape, noise_hu, spacing)
+    return render(anatomy, scan, shape, noise_rng)
 
 
 def _check_shape(shape: Any) -> tuple[int, int, int]:
@@ -544,8 +640,13 @@ def _check_shape(shape: Any) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def rater_label(label: np.ndarray, spacing: tuple[float, float, float], amplitude_mm: float,
-                rng: np.random.Generator, control_mm: float = 30.0) -> np.ndarray:
+def rater_label(
+    label: np.ndarray,
+    spacing: tuple[float, float, float],
+    amplitude_mm: float,
+    rng: np.random.Generator,
+    control_mm: float = 30.0,
+) -> np.ndarray:
     """One annotator's version of ``label``: the truth warped by a smooth random displacement.
 
     The displacement field (std ``amplitude_mm`` per component, correlation length about
@@ -556,18 +657,21 @@ def rater_label(label: np.ndarray, spacing: tuple[float, float, float], amplitud
     if amplitude_mm <= 0 or not label.any():
         return label.copy()
     fg = np.argwhere(label > 0)
-    pad = [int(math.ceil(4 * amplitude_mm / s)) + 1 for s in spacing]
+    pad = [math.ceil(4 * amplitude_mm / s) + 1 for s in spacing]
     lo = [max(0, int(fg[:, i].min()) - pad[i]) for i in range(3)]
     hi = [min(label.shape[i], int(fg[:, i].max()) + pad[i] + 1) for i in range(3)]
     box = tuple(slice(l, h) for l, h in zip(lo, hi, strict=True))
     sub_shape = tuple(h - l for l, h in zip(lo, hi, strict=True))
-    coarse = tuple(max(2, int(math.ceil(n * s / control_mm)) + 1) for n, s in zip(sub_shape, spacing, strict=True))
+    coarse = tuple(
+        max(2, math.ceil(n * s / control_mm) + 1) for n, s in zip(sub_shape, spacing, strict=True)
+    )
     coords = np.indices(sub_shape, dtype=np.float32)
     for i in range(3):
         field_mm = rng.normal(0.0, amplitude_mm, size=coarse).astype(np.float32)
         zoom = [n / c for n, c in zip(sub_shape, coarse, strict=True)]
         disp = ndimage.zoom(field_mm, zoom, order=3, mode="nearest", grid_mode=True)[
-            : sub_shape[0], : sub_shape[1], : sub_shape[2]]
+            : sub_shape[0], : sub_shape[1], : sub_shape[2]
+        ]
         coords[i] += disp / spacing[i]
     warped = ndimage.map_coordinates(label[box], coords, order=0, mode="nearest")
     out = label.copy()
@@ -630,7 +734,9 @@ def _label_mode(labels: dict[int, str]) -> str:
     )
 
 
-def generate_dataset(cfg: SyntheticSource, labels: dict[int, str], raw_dir: Path) -> list[CaseRecord]:
+def generate_dataset(
+    cfg: SyntheticSource, labels: dict[int, str], raw_dir: Path
+) -> list[CaseRecord]:
     """Write the synthetic dataset under ``raw_dir`` and return one record per scan.
 
     Files: ``images/{case}.nii.gz`` (int16 HU), ``labels/{case}.nii.gz`` (uint8, the primary
@@ -646,7 +752,9 @@ def generate_dataset(cfg: SyntheticSource, labels: dict[int, str], raw_dir: Path
     for subject in range(cfg.n_subjects):
         for scan_index in range(2 if subject in multi else 1):
             case_id = f"liver_{subject:03d}_s{scan_index}"
-            vol = generate_case(cfg.seed, subject, scan_index, shape, cfg.noise_hu, cfg.lesion_probability)
+            vol = generate_case(
+                cfg.seed, subject, scan_index, shape, cfg.noise_hu, cfg.lesion_probability
+            )
             truth = vol.label if mode == "couinaud" else (vol.label > 0).astype(np.uint8)
             image_path = raw_dir / "images" / f"{case_id}.nii.gz"
             label_path = raw_dir / "labels" / f"{case_id}.nii.gz"
@@ -665,13 +773,25 @@ def generate_dataset(cfg: SyntheticSource, labels: dict[int, str], raw_dir: Path
                 save_nifti(label_path, truth, vol.affine)
             meta = dict(vol.metadata)
             meta["spacing_mm"] = ",".join(f"{s:g}" for s in vol.spacing)
-            records.append(CaseRecord(
-                case_id=case_id, subject_id=f"subj_{subject:03d}", image=str(image_path),
-                label=str(label_path), source_uri=f"synthetic:seed={cfg.seed}#{case_id}",
-                annotator="rater0", rater_labels=rater_paths, metadata=meta,
-            ))
-            log.info("synthetic %s: spacing %s mm, scanner %s, lesion %s", case_id,
-                     meta["spacing_mm"], meta["scanner"], meta["has_lesion"])
+            records.append(
+                CaseRecord(
+                    case_id=case_id,
+                    subject_id=f"subj_{subject:03d}",
+                    image=str(image_path),
+                    label=str(label_path),
+                    source_uri=f"synthetic:seed={cfg.seed}#{case_id}",
+                    annotator="rater0",
+                    rater_labels=rater_paths,
+                    metadata=meta,
+                )
+            )
+            log.info(
+                "synthetic %s: spacing %s mm, scanner %s, lesion %s",
+                case_id,
+                meta["spacing_mm"],
+                meta["scanner"],
+                meta["has_lesion"],
+            )
     return records
 
 
@@ -682,22 +802,35 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder (images/, labels/)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--n-subjects", type=int, default=defaults.n_subjects)
-    parser.add_argument("--shape", type=int, nargs=3, default=defaults.shape, metavar=("X", "Y", "Z"))
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=defaults.shape, metavar=("X", "Y", "Z")
+    )
     parser.add_argument("--n-annotators", type=int, default=defaults.n_annotators)
     parser.add_argument("--multi-scan-fraction", type=float, default=defaults.multi_scan_fraction)
-    parser.add_argument("--rater-disagreement-mm", type=float, default=defaults.rater_disagreement_mm)
+    parser.add_argument(
+        "--rater-disagreement-mm", type=float, default=defaults.rater_disagreement_mm
+    )
     parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability)
     parser.add_argument("--noise-hu", type=float, default=defaults.noise_hu)
     args = parser.parse_args(argv)
     cfg = SyntheticSource(
-        seed=args.seed, n_subjects=args.n_subjects, shape=list(args.shape),
-        n_annotators=args.n_annotators, multi_scan_fraction=args.multi_scan_fraction,
+        seed=args.seed,
+        n_subjects=args.n_subjects,
+        shape=list(args.shape),
+        n_annotators=args.n_annotators,
+        multi_scan_fraction=args.multi_scan_fraction,
         rater_disagreement_mm=args.rater_disagreement_mm,
-        lesion_probability=args.lesion_probability, noise_hu=args.noise_hu,
+        lesion_probability=args.lesion_probability,
+        noise_hu=args.noise_hu,
     )
     start = time.perf_counter()
     records = generate_dataset(cfg, dict(COUINAUD_LABELS), args.out)
-    write_json(args.out / "cases.json", {"config": cfg.model_dump(), "cases": [r.to_dict() for r in records]})
-    print(f"wrote {len(records)} cases of {cfg.n_subjects} subjects to {args.out} "
-          f"in {time.perf_counter() - start:.1f} s")
+    write_json(
+        args.out / "cases.json",
+        {"config": cfg.model_dump(), "cases": [r.to_dict() for r in records]},
+    )
+    print(
+        f"wrote {len(records)} cases of {cfg.n_subjects} subjects to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return 0

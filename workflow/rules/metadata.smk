@@ -1,0 +1,59 @@
+# FAIR metadata (reproseg.metadata) and the DOME record (reproseg.dome).
+# `metadata` describes the QC'd dataset in REMBI or MIAPPE terms and snapshots the resolved
+# config; `dome` fills the DOME record and the ML reproducibility checklist from the run.
+
+
+def first_training_job(name):
+    """A file of the first training job: its environment / energy stand for the run's."""
+    return f"results/models/{MODELS[0]}/fold{FOLDS[0]}/seed{SEEDS[0]}/{name}"
+
+
+rule metadata:
+    input:
+        manifest="results/data/manifest.tsv",
+        qc="results/qc/qc.json",
+    output:
+        json="results/metadata/dataset.json",
+        tsv="results/metadata/dataset.tsv",
+        config="results/metadata/config.yaml",
+    log:
+        "logs/metadata/metadata.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        metadata=CFG.metadata.model_dump(),
+        config=CFG.model_dump(mode="json"),
+        code=code_hash("reproseg.metadata"),
+    script:
+        "../../scripts/metadata.py"
+
+
+rule dome:
+    input:
+        splits="results/splits/splits.json",
+        summary="results/eval/summary.json",
+        manifest="results/data/manifest.json",
+        qc="results/qc/qc.json",
+        config="results/metadata/config.yaml",
+        environment=first_training_job("environment.json"),
+        emissions=first_training_job("emissions.json"),
+    output:
+        json="results/metadata/dome.json",
+        md="results/metadata/dome.md",
+    log:
+        "logs/metadata/dome.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        config=CFG.model_dump(mode="json"),
+        code=code_hash("reproseg.dome"),
+    script:
+        "../../scripts/dome.py"
