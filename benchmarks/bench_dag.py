@@ -7,9 +7,10 @@ temporary directory, without generating any image: the upstream outputs the DAG 
 
 It prints, per N:
 
-- ``dag_s``: seconds of the whole ``snakemake -n`` (start-up, parsing, DAG, scheduling plan);
-- ``startup_s``: the same command for one upstream target (start-up + parsing only), so that
-  ``dag_s - startup_s`` is the part that grows with the study;
+- ``dag_s``: wall seconds of the whole ``snakemake -n`` (start-up, parsing, DAG, scheduling
+  plan); ``cpu_s``: its CPU seconds (user + system), steadier on a loaded machine;
+- ``startup_s`` / ``startup_cpu``: the same command for one upstream target (start-up +
+  parsing only), so that ``dag_s - startup_s`` is the part that grows with the study;
 - ``jobs``: jobs in the DAG; ``sbatch_ungrouped``: SLURM submissions without grouping
   (every job except local rules); ``sbatch_grouped``: submissions with the ``groups`` /
   ``group-components`` of profiles/slurm/config.yaml;
@@ -28,6 +29,7 @@ import argparse
 import hashlib
 import json
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -133,23 +135,30 @@ def slurm_grouping_args() -> list[str]:
     return args
 
 
-def dry_run(workdir: Path, overlay: Path, *args: str) -> tuple[float, str]:
-    """Run ``snakemake --dry-run``; return (seconds, stdout)."""
+def dry_run(workdir: Path, overlay: Path, *args: str) -> tuple[float, str, float]:
+    """Run ``snakemake --dry-run``; return (wall seconds, stdout, CPU seconds).
+
+    CPU seconds (user + system of the child) are less sensitive than wall-clock time to
+    other load on a shared machine.
+    """
     cmd = [
         str(SNAKEMAKE),
-        "--snakefile", str(REPO / "Snakefile"),
+        "--snakefile", str(REPO / "workflow" / "Snakefile"),
         "--directory", str(workdir),
         "--configfile", str(overlay),
         "--cores", "1",
         "--dry-run",
         *args,
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return seconds, proc.stdout
+    return seconds, proc.stdout, cpu
 
 
 def count_submissions(dry_run_stdout: str) -> tuple[int, int]:
@@ -191,21 +200,23 @@ def bench(n_subjects: int, folds: int, seeds: int, models: int, repeat: int) -> 
         # Without checkpoints every job is planned (-F); with them, the fake upstream files
         # stand in for the checkpoint outputs and everything downstream is planned.
         force = [] if has_checkpoints() else ["--forceall"]
-        times, out = [], ""
+        times, cpus, out = [], [], ""
         for _ in range(repeat):
-            seconds, out = dry_run(work, overlay, *force)
+            seconds, out, cpu = dry_run(work, overlay, *force)
             times.append(seconds)
+            cpus.append(cpu)
         jobs, ungrouped = count_submissions(out)
-        _, out_grouped = dry_run(work, overlay, *force, *slurm_grouping_args())
+        _, out_grouped, _ = dry_run(work, overlay, *force, *slurm_grouping_args())
         _, grouped = count_submissions(out_grouped)
-        startup = min(
-            dry_run(work, overlay, "--forceall", "results/data/manifest.tsv")[0]
-            for _ in range(repeat)
-        )
+        startup = [
+            dry_run(work, overlay, "--forceall", "results/data/manifest.tsv") for _ in range(repeat)
+        ]
     return {
         "subjects": n_subjects,
         "dag_s": min(times),
-        "startup_s": startup,
+        "dag_cpu_s": min(cpus),
+        "startup_s": min(r[0] for r in startup),
+        "startup_cpu_s": min(r[2] for r in startup),
         "jobs": jobs,
         "sbatch_ungrouped": ungrouped,
         "sbatch_grouped": grouped,
@@ -229,16 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (checkpoints: downstream of the fake upstream)' if has_checkpoints() else ''}"
     )
     head = (
-        f"{'subjects':>8} {'dag_s':>7} {'startup_s':>9} {'dag/base':>8} {'jobs':>6} "
-        f"{'sbatch':>7} {'grouped':>7} {'saved':>6}"
+        f"{'subjects':>8} {'dag_s':>7} {'cpu_s':>6} {'startup_s':>9} {'startup_cpu':>11} "
+        f"{'dag/base':>8} {'jobs':>6} {'sbatch':>7} {'grouped':>7} {'saved':>6}"
     )
     print(head)
     for r in rows:
         saved = 1 - r["sbatch_grouped"] / r["sbatch_ungrouped"] if r["sbatch_ungrouped"] else 0.0
         print(
-            f"{r['subjects']:>8} {r['dag_s']:>7.2f} {r['startup_s']:>9.2f} "
-            f"{r['dag_s'] / base['dag_s']:>8.2f} {r['jobs']:>6} {r['sbatch_ungrouped']:>7} "
-            f"{r['sbatch_grouped']:>7} {saved:>6.0%}"
+            f"{r['subjects']:>8} {r['dag_s']:>7.2f} {r['dag_cpu_s']:>6.2f} {r['startup_s']:>9.2f} "
+            f"{r['startup_cpu_s']:>11.2f} {r['dag_s'] / base['dag_s']:>8.2f} {r['jobs']:>6} "
+            f"{r['sbatch_ungrouped']:>7} {r['sbatch_grouped']:>7} {saved:>6.0%}"
         )
     at_1000 = [r for r in rows if r["subjects"] == 1000]
     if at_1000:

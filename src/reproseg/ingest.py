@@ -64,6 +64,15 @@ def source_description(cfg: Config) -> dict[str, Any]:
     return {"kind": kind, "settings": getattr(cfg.source, kind).model_dump()}
 
 
+def ingest_modules(cfg: Config) -> list[str]:
+    """Library modules whose code decides the ingest output (for the rule's code hash):
+    ingest, manifest, the active source, and raters when a consensus label is written."""
+    modules = ["reproseg.ingest", "reproseg.manifest", f"reproseg.sources.{cfg.source.kind}"]
+    if cfg.train.label_target != "primary":
+        modules.append("reproseg.raters")
+    return modules
+
+
 def canonicalise(path: str | Path) -> str:
     """Rewrite a NIfTI file in RAS orientation if it is not; return its source orientation.
 

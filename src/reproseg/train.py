@@ -329,7 +329,9 @@ def train_model(
     start_epoch, history = 0, []
     best: dict[str, Any] = {"val_dice": -1.0, "epoch": 0, "state_dict": None}
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = torch.load(
+            checkpoint, map_location="cpu", weights_only=True
+        )  # RNG states live on CPU
         if state.get("fingerprint") != fingerprint:
             log.warning("%s: made with other settings; starting from scratch", checkpoint)
         else:

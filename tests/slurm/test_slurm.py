@@ -41,7 +41,7 @@ def slurm_command(workdir: Path, overlay: Path, *targets: str) -> list[str]:
     return [
         str(VENV_BIN / "snakemake"),
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(REPO / "workflow" / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",

@@ -46,13 +46,22 @@ def test_package_passes_bioimageio_test(exported: tuple[Path, dict]) -> None:
 
 
 def test_zip_members_are_relative_and_complete(exported: tuple[Path, dict]) -> None:
-    run_dir, result = exported
+    _, result = exported
     zip_path = Path(result["zip"])
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
     assert not [n for n in names if n.startswith("/") or ".." in Path(n).parts]
-    expected = {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy",
-                "sample_input.tif", "sample_output.tif", "weights_zyx.pt", "weights_zyx.torchscript.pt"}
+    expected = {
+        "rdf.yaml",
+        "README.md",
+        "cover.png",
+        "test_input.npy",
+        "test_output.npy",
+        "sample_input.tif",
+        "sample_output.tif",
+        "weights_zyx.pt",
+        "weights_zyx.torchscript.pt",
+    }
     assert expected <= set(names)
     folder = Path(result["folder"])
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
@@ -74,13 +83,19 @@ def test_rdf_axes_and_preprocessing_match_training(exported: tuple[Path, dict]) 
     assert [a["type"] for a in axes] == ["batch", "channel", "space", "space", "space"]
     assert [a.get("id") for a in axes[2:]] == ["z", "y", "x"]
     # fold1 has the best validation Dice in the fabricated run: its statistics are declared.
-    pre = torch.load(run_dir / "results/models/unet/fold1/seed0/model.pt", weights_only=True)["preprocessing"]
+    pre = torch.load(run_dir / "results/models/unet/fold1/seed0/model.pt", weights_only=True)[
+        "preprocessing"
+    ]
     steps = {p["id"]: p["kwargs"] for p in rdf["inputs"][0]["preprocessing"]}
     assert steps["clip"] == {"min": pre["clip_low"], "max": pre["clip_high"]}
     assert steps["fixed_zero_mean_unit_variance"] == {"mean": pre["mean"], "std": pre["std"]}
     arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
     assert arch["import_from"] == "monai.networks.nets" and arch["callable"] == "UNet"
-    assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["background", "segment_I", "segment_II"]
+    assert rdf["outputs"][0]["axes"][1]["channel_names"] == [
+        "background",
+        "segment_I",
+        "segment_II",
+    ]
 
 
 def test_test_tensors_are_the_transposed_test_image(exported: tuple[Path, dict]) -> None:
@@ -104,8 +119,10 @@ def test_readme_has_validation_table_and_cover_is_2_to_1(exported: tuple[Path, d
 
 @pytest.mark.parametrize(
     "mcfg",
-    [ModelConfig(arch="UNet", channels=[4, 8, 8], strides=[2, 2], num_res_units=1),
-     ModelConfig(arch="SegResNet", init_filters=8, blocks_down=[1, 1])],
+    [
+        ModelConfig(arch="UNet", channels=[4, 8, 8], strides=[2, 2], num_res_units=1),
+        ModelConfig(arch="SegResNet", init_filters=8, blocks_down=[1, 1]),
+    ],
     ids=["UNet", "SegResNet"],
 )
 def test_zyx_weights_are_equivariant(mcfg: ModelConfig) -> None:
@@ -125,3 +142,14 @@ def test_zyx_weights_are_equivariant(mcfg: ModelConfig) -> None:
     # Not a tautology: the unconverted weights give a different answer on z, y, x data.
     with torch.no_grad():
         assert not torch.allclose(net(x.permute(0, 1, 4, 3, 2)), expected, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_tiny_run_package_passed(tiny_run: Path) -> None:
+    """End to end: the workflow's package exists, is zoo-safe and passed bioimageio test."""
+    import json
+
+    zip_path = tiny_run / "results/publish/bioimageio/test-tiny.zip"
+    assert "rdf.yaml" in bio.check_zip_members(zip_path)
+    summary = json.loads(zip_path.with_suffix(".test.json").read_text())
+    assert summary["status"] == "passed"

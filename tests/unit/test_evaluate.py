@@ -224,3 +224,41 @@ def test_cli_baseline(dataset, tmp_path):
         ]
     )
     assert rc == 0 and len(pd.read_csv("b.tsv", sep="\t")) == 4 * 3
+
+
+@pytest.mark.slow
+def test_tiny_run_evaluation_outputs(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """On the real pipeline outputs: every method and split is scored, interrater has both
+    kinds, and re-running one evaluation reproduces its metrics.tsv byte for byte."""
+    from reproseg.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "test.yaml")
+    monkeypatch.chdir(tiny_run)
+    splits = read_json("results/splits/splits.json")
+    per_case = pd.read_csv("results/eval/per_case.tsv", sep="\t", dtype={"case_id": str})
+    model = next(iter(cfg.train.models))
+    methods = set(per_case["method"])
+    assert {model, f"{model}-ensemble", "baseline_threshold_atlas"} <= methods
+    test_cases = set(splits["test"]["cases"])
+    assert set(per_case.loc[per_case.split == "test", "case_id"]) == test_cases
+    val_cases = {c for f in splits["folds"] for c in f["val_cases"]}
+    assert set(per_case.loc[per_case.split == "val", "case_id"]) == val_cases
+    assert per_case[["dice", "hd95_mm", "nsd", "avd_ml"]].notna().all().all()
+    inter = pd.read_csv("results/eval/interrater.tsv", sep="\t", dtype={"case_id": str})
+    if cfg.source.synthetic.n_annotators > 1:
+        assert {"rater-rater", "model-rater"} <= set(inter["kind"])
+        assert set(inter.loc[inter.kind == "model-rater", "case_id"]) <= test_cases
+    out = tmp_path / "metrics.tsv"
+    evaluate_models(
+        [f"results/models/{model}/fold0/seed{cfg.train.seeds[0]}/model.pt"],
+        "results/data/manifest.tsv",
+        "results/splits/splits.json",
+        cfg,
+        out,
+        None,
+        model,
+        cfg.train.seeds[0],
+        0,
+    )
+    expected = Path(f"results/eval/{model}/fold0/seed{cfg.train.seeds[0]}/metrics.tsv")
+    assert out.read_bytes() == expected.read_bytes()

@@ -81,10 +81,18 @@ def test_record_and_runs(published: dict, server: MlflowServer, run_dir: Path) -
     assert sorted((m.step, m.value) for m in loss) == [(1, 1.2), (2, 0.9)]
     assert child.data.metrics["test.dice.mean_fg"] == pytest.approx(0.675)  # fold 0 rows
     artifacts = {f.path for f in client.list_artifacts(child.info.run_id)}
-    assert {"model.pt", "history.tsv", "history.png", "preprocessing.json", "environment.json"} <= artifacts
+    assert {
+        "model.pt",
+        "history.tsv",
+        "history.png",
+        "preprocessing.json",
+        "environment.json",
+    } <= artifacts
 
 
-def test_registered_version_has_alias_and_evaluation_tags(published: dict, server: MlflowServer) -> None:
+def test_registered_version_has_alias_and_evaluation_tags(
+    published: dict, server: MlflowServer
+) -> None:
     version = _client(server).get_model_version_by_alias("reproseg-liver", "champion")
     assert version.version == published["version"]
     assert version.tags["pipeline_run_key"] == published["pipeline_run_key"]
@@ -92,7 +100,9 @@ def test_registered_version_has_alias_and_evaluation_tags(published: dict, serve
     assert version.tags["weights_uri"].startswith(f"runs:/{published['parent_run_id']}/")
 
 
-def test_loaded_by_alias_reproduces_pipeline_predictions(published: dict, server: MlflowServer, run_dir: Path) -> None:
+def test_loaded_by_alias_reproduces_pipeline_predictions(
+    published: dict, server: MlflowServer, run_dir: Path
+) -> None:
     from reproseg.predict import load_model, predict_probabilities
 
     model = pub.load_published("models:/reproseg-liver@champion", tracking_uri=server.url)
@@ -115,12 +125,18 @@ def test_mlflow_flavour_predicts_any_shape(published: dict, server: MlflowServer
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_publishing_again_creates_nothing(published: dict, server: MlflowServer, run_dir: Path) -> None:
+def test_publishing_again_creates_nothing(
+    published: dict, server: MlflowServer, run_dir: Path
+) -> None:
     client = _client(server)
     exp = client.get_experiment_by_name("reproseg")
     runs_before = len(client.search_runs([exp.experiment_id]))
     again = pub.publish_mlflow(
-        tiny_config(), run_dir, run_dir / "results/publish/mlflow.json", LOCK, tracking_uri=server.url
+        tiny_config(),
+        run_dir,
+        run_dir / "results/publish/mlflow.json",
+        LOCK,
+        tracking_uri=server.url,
     )
     assert again["parent_run_id"] == published["parent_run_id"]
     assert again["child_run_ids"] == published["child_run_ids"]
@@ -143,10 +159,14 @@ def test_ensemble_is_the_mean_of_the_folds(tmp_path: Path, monkeypatch: pytest.M
     model = pub.load_published("models:/ens@champion", tracking_uri=record["tracking_uri"])
     image, _ = load_nifti(run_dir / "results/data/raw/images/case3.nii.gz", dtype=np.float32)
     folds = [
-        predict_probabilities(*load_model(run_dir / f"results/models/unet/fold{f}/seed0/model.pt"), image)
+        predict_probabilities(
+            *load_model(run_dir / f"results/models/unet/fold{f}/seed0/model.pt"), image
+        )
         for f in (0, 1)
     ]
-    np.testing.assert_allclose(model.predict_probabilities(image), np.mean(folds, axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_probabilities(image), np.mean(folds, axis=0), atol=1e-6
+    )
 
 
 def test_tampered_weights_are_rejected(tmp_path: Path, run_dir: Path) -> None:
@@ -177,9 +197,37 @@ def test_redact_uri_removes_credentials() -> None:
     assert pub.redact_uri("https://alice:s3cret@mlflow.example.org/path?token=abc") == (
         "https://mlflow.example.org/path"
     )
-    assert pub.redact_uri("sqlite:////abs/results/mlflow/mlflow.db") == "sqlite:////abs/results/mlflow/mlflow.db"
+    assert (
+        pub.redact_uri("sqlite:////abs/results/mlflow/mlflow.db")
+        == "sqlite:////abs/results/mlflow/mlflow.db"
+    )
 
 
 def test_flatten_params() -> None:
     flat = pub.flatten({"a": {"b": 1, "c": [1, 2]}, "labels": {0: "bg"}})
     assert flat == {"a.b": "1", "a.c": "[1, 2]", "labels.0": "bg"}
+
+
+@pytest.mark.slow
+def test_tiny_run_model_reproduces_its_predictions(tiny_run: Path) -> None:
+    """End to end: the workflow's published model, loaded by alias from its SQLite store,
+    reproduces the registered job's predictions on a held-out test image."""
+    from reproseg.predict import load_model, predict_probabilities
+
+    record = read_json(tiny_run / "results/publish/mlflow.json")
+    assert record["tracking_uri"].startswith("sqlite:///")
+    model = pub.load_published(record["model_uri"], tracking_uri=record["tracking_uri"])
+    splits = read_json(tiny_run / "results/splits/splits.json")
+    manifest = pub.read_tsv(tiny_run / "results/data/manifest.tsv").set_index("case_id")
+    image, _ = load_nifti(
+        tiny_run / manifest.loc[splits["test"]["cases"][0], "image"], dtype=np.float32
+    )
+    members = record["final_model"]["members"]
+    expected = np.mean(
+        [
+            predict_probabilities(*load_model(tiny_run / "results/models" / m / "model.pt"), image)
+            for m in members
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(model.predict_probabilities(image), expected, atol=1e-6)

@@ -36,6 +36,8 @@ LONGER_TRAINING = {
     "train": {"epochs": 6, "steps_per_epoch": 6, "checkpoint_every": 1, "val_every": 2},
     "publish": {"mlflow": {"enabled": False}, "bioimageio": {"enabled": False}},
 }
+#: The workflow itself (not the repository-root shim), as on a cluster.
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 MODEL = "results/models/unet/fold0/seed0/model.pt"
 METRICS = "results/eval/unet/fold0/seed0/metrics.tsv"
 
@@ -45,7 +47,7 @@ def snakemake_cmd(workdir: Path, configfiles: list[Path], *args: str) -> list[st
     return [
         str(VENV_BIN / "snakemake"),
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(SNAKEFILE),
         "--directory",
         str(workdir),
         "--cores",
@@ -78,7 +80,14 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path) -> Non
     # Reference: the same targets, never interrupted.
     ref = tmp_path / "reference"
     ref.mkdir()
-    run_snakemake(ref, MODEL, METRICS, configfiles=tuple(str(c) for c in configs))
+    run_snakemake(
+        ref,
+        "--snakefile",
+        str(SNAKEFILE),
+        MODEL,
+        METRICS,
+        configfiles=tuple(str(c) for c in configs),
+    )
 
     # Killed run: SIGKILL the whole process group once a checkpoint exists, before model.pt.
     work = tmp_path / "killed"
@@ -153,7 +162,7 @@ def planned_jobs(
 ) -> dict[str, int]:
     """Rules and job counts that a dry run would execute."""
     configs = tuple(str(c) for c in (REPO / "config" / "test.yaml", *extra_configs))
-    extra = ("--snakefile", str(snakefile)) if snakefile else ()
+    extra = ("--snakefile", str(snakefile or SNAKEFILE))
     proc = run_snakemake(
         workdir, "--dry-run", "--quiet", "rules", *args, *extra, configfiles=configs
     )
@@ -164,7 +173,8 @@ def planned_jobs(
     return {rule: int(n) for rule, n in counts.items()}
 
 
-UPSTREAM = {"ingest", "qc", "split", "metadata"}
+#: Steps before training. (`metadata` records the whole config, so any change reruns it.)
+UPSTREAM = {"ingest", "qc", "split"}
 
 
 def test_nothing_to_do_after_a_complete_run(finished_run: Path) -> None:
@@ -198,13 +208,13 @@ def test_library_code_change_reruns_its_step(finished_run: Path, tmp_path: Path)
     repo = tmp_path / "repo"
     for name in ("src", "workflow", "scripts", "config", "envs"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(REPO / "Snakefile", repo / "Snakefile")
+    shutil.copy2(REPO / "Snakefile", repo / "Snakefile")  # (the shim, for completeness)
     module = repo / "src" / "reproseg" / "aggregate.py"
     module.write_text(module.read_text() + "\n# a code change\n")
     triggers = ("--rerun-triggers", "mtime", "params")
     unchanged = planned_jobs(finished_run, args=triggers)
     assert unchanged == {}, unchanged
-    jobs = planned_jobs(finished_run, args=triggers, snakefile=repo / "Snakefile")
+    jobs = planned_jobs(finished_run, args=triggers, snakefile=repo / "workflow" / "Snakefile")
     assert "aggregate" in jobs and "report" in jobs, jobs
     assert "train" not in jobs and "evaluate" not in jobs and not UPSTREAM & jobs.keys(), jobs
 

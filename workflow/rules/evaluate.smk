@@ -7,31 +7,28 @@ EVAL_CODE = code_hash(
 )
 
 
-def eval_metrics_files():
-    """Every metrics.tsv that the aggregate step concatenates."""
-    files = train_jobs("results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv")
-    if CFG.evaluate.ensemble:
-        files += expand(
-            "results/eval/{model}/ensemble/seed{seed}/metrics.tsv",
-            model=MODELS,
-            seed=SEEDS,
-        )
-    files += expand(
+# Every metrics.tsv that the aggregate step concatenates (ensembles only when enabled).
+EVAL_METRICS = (
+    train_jobs("results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv")
+    + expand(
+        "results/eval/{model}/ensemble/seed{seed}/metrics.tsv",
+        model=MODELS if CFG.evaluate.ensemble else [],
+        seed=SEEDS,
+    )
+    + expand(
         "results/eval/baseline_{baseline}/fold{fold}/metrics.tsv",
         baseline=BASELINES,
         fold=FOLDS,
     )
-    return files
-
-
-def prediction_dirs():
-    """Test-set prediction folders of every fold model and (if enabled) every ensemble."""
-    dirs = train_jobs("results/predictions/{model}/fold{fold}/seed{seed}")
-    if CFG.evaluate.ensemble:
-        dirs += expand(
-            "results/predictions/{model}/ensemble/seed{seed}", model=MODELS, seed=SEEDS
-        )
-    return dirs
+)
+# Test-set prediction folders of every fold model and every ensemble (for interrater).
+PREDICTION_DIRS = train_jobs(
+    "results/predictions/{model}/fold{fold}/seed{seed}"
+) + expand(
+    "results/predictions/{model}/ensemble/seed{seed}",
+    model=MODELS if CFG.evaluate.ensemble else [],
+    seed=SEEDS,
+)
 
 
 rule evaluate:
@@ -119,7 +116,7 @@ rule interrater:
     input:
         manifest="results/data/manifest.tsv",
         splits="results/splits/splits.json",
-        predictions=prediction_dirs(),
+        predictions=PREDICTION_DIRS,
     output:
         table="results/eval/interrater.tsv",
     log:
@@ -142,10 +139,15 @@ rule interrater:
 
 rule aggregate:
     input:
-        metrics=eval_metrics_files(),
+        metrics=EVAL_METRICS,
     output:
         per_case="results/eval/per_case.tsv",
-        summary="results/eval/summary.tsv",
+        summary=report(
+            "results/eval/summary.tsv",
+            category="Evaluation",
+            caption="../report/summary.rst",
+            labels={"table": "summary: fold std vs seed std"},
+        ),
         summary_json="results/eval/summary.json",
         table_md="results/eval/table.md",
         table_tsv=report(

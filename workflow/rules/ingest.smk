@@ -2,20 +2,7 @@
 # RAS and write the checksummed manifest. Raw files live under results/data/raw; they are
 # not a declared output so that a failed run keeps the cases already fetched (the manifest
 # lists and hashes exactly the files used, and QC verifies the hashes).
-from reproseg.ingest import source_description
-
-
-def ingest_code_hash():
-    """Code hash of ingest, manifest and the active source's module (and raters if fused)."""
-    modules = [
-        "reproseg.ingest",
-        "reproseg.manifest",
-        f"reproseg.sources.{CFG.source.kind}",
-    ]
-    if CFG.train.label_target != "primary":
-        modules.append("reproseg.raters")
-    return code_hash(*modules)
-
+from reproseg.ingest import ingest_modules, source_description
 
 if CFG.source.kind == "omero":
     from reproseg.sources.omero import required_envvars as omero_required_envvars
@@ -43,6 +30,6 @@ rule ingest:
         source=source_description(CFG),
         labels=CFG.labels,
         label_target=CFG.train.label_target,
-        code=ingest_code_hash(),
+        code=code_hash(*ingest_modules(CFG)),
     script:
         "../../scripts/ingest.py"

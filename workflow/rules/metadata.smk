@@ -3,9 +3,8 @@
 # config; `dome` fills the DOME record and the ML reproducibility checklist from the run.
 
 
-def first_training_job(name):
-    """A file of the first training job: its environment / energy stand for the run's."""
-    return f"results/models/{MODELS[0]}/fold{FOLDS[0]}/seed{SEEDS[0]}/{name}"
+# The first training job's environment and energy stand for the run's (all are in the report).
+FIRST_JOB = f"results/models/{MODELS[0]}/fold{FOLDS[0]}/seed{SEEDS[0]}"
 
 
 rule metadata:
@@ -39,11 +38,16 @@ rule dome:
         manifest="results/data/manifest.json",
         qc="results/qc/qc.json",
         config="results/metadata/config.yaml",
-        environment=first_training_job("environment.json"),
-        emissions=first_training_job("emissions.json"),
+        environment=f"{FIRST_JOB}/environment.json",
+        emissions=f"{FIRST_JOB}/emissions.json",
     output:
         json="results/metadata/dome.json",
-        md="results/metadata/dome.md",
+        md=report(
+            "results/metadata/dome.md",
+            category="Metadata",
+            caption="../report/dome.rst",
+            labels={"record": "DOME"},
+        ),
     log:
         "logs/metadata/dome.log",
     conda:

@@ -4,36 +4,43 @@
 # validation Dice (reproseg.publish.common).
 
 
-def _final_model_inputs():
-    """Training and evaluation outputs every publishing rule reads."""
-    inputs = {
-        "models": train_jobs("results/models/{model}/fold{fold}/seed{seed}/model.pt"),
-        "histories": train_jobs(
-            "results/models/{model}/fold{fold}/seed{seed}/history.tsv"
-        ),
-        "environments": train_jobs(
-            "results/models/{model}/fold{fold}/seed{seed}/environment.json"
-        ),
-        "metrics": train_jobs("results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv"),
-        "summary": "results/eval/summary.json",
-        "table": "results/eval/table.md",
-        "splits": "results/splits/splits.json",
-        "manifest": "results/data/manifest.json",
-        "manifest_tsv": "results/data/manifest.tsv",
-    }
-    if CFG.publish.mlflow.final_model == "ensemble":
-        inputs["ensemble"] = expand(
+# The environment lock file lives at the repository root (two levels above this file).
+LOCK_FILE = str(
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]
+    / "requirements.lock"
+)
+
+
+# Training and evaluation outputs both publishing rules read (the ensemble's test metrics
+# only when the ensemble is the published model).
+PUBLISH_INPUTS = {
+    "models": train_jobs("results/models/{model}/fold{fold}/seed{seed}/model.pt"),
+    "histories": train_jobs("results/models/{model}/fold{fold}/seed{seed}/history.tsv"),
+    "environments": train_jobs(
+        "results/models/{model}/fold{fold}/seed{seed}/environment.json"
+    ),
+    "metrics": train_jobs("results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv"),
+    "ensemble": (
+        expand(
             "results/eval/{model}/ensemble/seed{seed}/metrics.tsv",
             model=MODELS,
             seed=SEEDS,
         )
-    return inputs
+        if CFG.publish.mlflow.final_model == "ensemble"
+        else []
+    ),
+    "summary": "results/eval/summary.json",
+    "table": "results/eval/table.md",
+    "splits": "results/splits/splits.json",
+    "manifest": "results/data/manifest.json",
+    "manifest_tsv": "results/data/manifest.tsv",
+}
 
 
 rule publish_mlflow:
     input:
-        **_final_model_inputs(),
-        lock=str(Path(workflow.basedir).parent / "requirements.lock"),
+        **PUBLISH_INPUTS,
+        lock=LOCK_FILE,
     output:
         json="results/publish/mlflow.json",
     log:
@@ -56,7 +63,7 @@ rule publish_mlflow:
 
 rule export_bioimageio:
     input:
-        **_final_model_inputs(),
+        **PUBLISH_INPUTS,
     output:
         zip=f"results/publish/bioimageio/{CFG.run_name}.zip",
         folder=directory(f"results/publish/bioimageio/{CFG.run_name}"),

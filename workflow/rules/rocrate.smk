@@ -27,7 +27,7 @@ rule rocrate:
         mem_mb=2000,
         runtime=15,
     params:
-        repo=str(Path(workflow.basedir).parent),
+        repo=str(Path(workflow.current_basedir).parents[1]),
         metadata=CFG.metadata.model_dump(),
         code=code_hash("reproseg.rocrate"),
     script:

@@ -43,6 +43,7 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,9 +357,11 @@ def _missing_or_different(client: Any, run_id: str, artifacts: list[_Artifact]) 
 
 
 def _upload_and_verify(client: Any, run_id: str, artifacts: list[_Artifact]) -> None:
-    """Upload what is missing or different, then require every size to match."""
+    """Upload what is missing or of a different size, then require every size to match."""
+    todo = set(_missing_or_different(client, run_id, artifacts))
     for art in artifacts:
-        client.log_artifact(run_id, str(art.local), art.artifact_dir or None)
+        if art.artifact_path in todo:
+            client.log_artifact(run_id, str(art.local), art.artifact_dir or None)
     bad = _missing_or_different(client, run_id, artifacts)
     if bad:
         raise ValueError(
@@ -383,7 +386,7 @@ def _log_metrics(client: Any, run_id: str, rows: list[tuple[str, float, int]]) -
     run = client.get_run(run_id)
     if run.data.metrics:  # already logged by an earlier, complete publish of this run
         return
-    now = int(1000 * __import__("time").time())
+    now = int(1000 * time.time())
     metrics = [
         Metric(k, float(v), now, int(step))
         for k, v, step in rows
@@ -642,7 +645,6 @@ def publish_mlflow(
             _Artifact(results / "data" / "manifest.tsv", "data"),
             _Artifact(splits_json, "splits"),
             _Artifact(summary_json, "eval"),
-            _Artifact(weights, "final_model"),
             _Artifact(final_json, "final_model"),
         ]
         for optional in ("summary.tsv", "table.md", "table.tsv"):
@@ -650,13 +652,18 @@ def publish_mlflow(
                 artifacts.append(_Artifact(results / "eval" / optional, "eval"))
         if lock_file and Path(lock_file).is_file():
             artifacts.append(_Artifact(Path(lock_file), "environment"))
-        _upload_and_verify(client, parent_id, artifacts)
-        _verify_checksum(parent_id, WEIGHTS_ARTIFACT, weights, uri)
-        _log_metrics(client, parent_id, [(k, v, 0) for k, v in eval_means.items()])
 
         # One model version per pipeline run: reuse it when this run was published before.
         name = cfg.publish.mlflow.registered_model
         version = _find_version(client, name, run_key)
+        if version is None:
+            artifacts.append(_Artifact(weights, "final_model"))
+        _upload_and_verify(client, parent_id, artifacts)
+        # The weights the registry points to must be byte-identical to what was meant:
+        # the local file on first publish, the version's recorded hash on a rerun.
+        expected = sha256_file(weights) if version is None else version.tags["weights_sha256"]
+        _verify_checksum(parent_id, WEIGHTS_ARTIFACT, expected, uri)
+        _log_metrics(client, parent_id, [(k, v, 0) for k, v in eval_means.items()])
         if version is None:
             example = _input_example(cfg, results, splits)
             version = _log_final_model(
@@ -677,6 +684,7 @@ def publish_mlflow(
         "child_run_ids": child_ids,
         "registered_model": name,
         "version": str(version.version),
+        "model_version": str(version.version),  # the key the report reads
         "alias": cfg.publish.mlflow.alias,
         "model_uri": f"models:/{name}@{cfg.publish.mlflow.alias}",
         "logged_model_uri": str(version.source),
@@ -721,17 +729,17 @@ def _find_version(client: Any, name: str, run_key: str) -> Any | None:
     return None
 
 
-def _verify_checksum(run_id: str, artifact_path: str, local: Path, tracking_uri: str) -> None:
-    """Download an artifact again and require the same sha256 as the local file."""
+def _verify_checksum(run_id: str, artifact_path: str, expected: str, tracking_uri: str) -> None:
+    """Download an artifact again and require the ``expected`` sha256."""
     from mlflow.artifacts import download_artifacts
 
     with tempfile.TemporaryDirectory(prefix="reproseg-verify-") as tmp:
         got = download_artifacts(
             run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=tracking_uri
         )
-        if sha256_file(got) != sha256_file(local):
+        if sha256_file(got) != expected:
             raise ValueError(
-                f"run {run_id}: {artifact_path} differs from {local} after upload (sha256)"
+                f"run {run_id}: {artifact_path} has sha256 {sha256_file(got)}, expected {expected}"
             )
 
 

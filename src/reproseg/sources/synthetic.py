@@ -33,6 +33,7 @@ gives byte-identical files (``reproseg.io.save_nifti`` gzips with ``mtime=0``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import time
@@ -139,7 +140,7 @@ class Scan:
     noise_sd: float
     bias: tuple[float, ...]  # multiplicative bias polynomial coefficients
     cupping: float  # additive central darkening (HU)
-    lesion_growth: float
+    lesion_growth: float  # lesion size relative to the first scan
 
 
 @dataclass
@@ -346,8 +347,10 @@ def _liver_fields(u: np.ndarray, an: Anatomy) -> dict[str, np.ndarray]:
     """Liver shape, segment surfaces and intrahepatic vessels in liver-local coordinates.
 
     ``u`` has shape (3, ...) in deformed template mm. Returns boolean masks ``liver``,
-    ``vessel`` (hepatic and portal veins), ``gallbladder``, ``caudate``, ``lesion`` and the
-    int ``segment`` map (1-8, valid inside the liver).
+    ``vessel`` (intrahepatic hepatic and portal veins), ``trunk`` (main portal vein),
+    ``gallbladder`` and the uint8 ``segment`` map (1-8, meaningful inside the liver). Each
+    hepatic vein is a tube centred on the zero set of its segment surface ``f``, so every
+    boundary between sectors has a bright vessel on it, as in real CT.
     """
     ux, uy, uz = u
     shape_f = _template_shape(ux, uy, uz)
@@ -397,6 +400,8 @@ def _liver_fields(u: np.ndarray, an: Anatomy) -> dict[str, np.ndarray]:
     ).astype(np.uint8)
     cc, cr = _CAUDATE
     caudate = _ellipsoid(ux, uy, uz, tuple(cc.tolist()), tuple(cr.tolist()))
+    # Left of the middle-vein surface and behind the IVC axis lies the Spiegel lobe (also I).
+    caudate |= ~right_liver & (rel_y < 8.0)
     segment[caudate] = 1
     gc, gr = _GALLBLADDER
     gallbladder = (
@@ -404,16 +409,12 @@ def _liver_fields(u: np.ndarray, an: Anatomy) -> dict[str, np.ndarray]:
         if an.gallbladder
         else np.zeros_like(liver)
     )
-    lesion = np.zeros(ux.shape, dtype=bool)
-    for lx, ly, lz, lr in an.lesions:
-        lesion |= _ellipsoid(ux, uy, uz, (lx, ly, lz), (lr, lr * 0.9, lr * 1.1))
     return {
         "liver": liver,
         "vessel": vessel & (shape_f <= 1.02),
         "trunk": trunk,
         "gallbladder": gallbladder,
         "segment": segment,
-        "lesion": lesion,
     }
 
 
@@ -422,7 +423,6 @@ def render(
     scan: Scan,
     shape: tuple[int, int, int],
     rng: np.random.Generator,
-    lesion_growth: float = 1.0,
 ) -> SyntheticVolume:
     """Render one scan to an int16 HU image and its uint8 truth label on a ``shape`` grid.
 
@@ -548,7 +548,7 @@ def render(
         sub[liver] = scan.liver_hu
         lesion = np.zeros_like(liver)
         for lx, ly, lz, lr in an.lesions:
-            g = lesion_growth
+            g = scan.lesion_growth
             lesion |= (
                 ((u[0] - lx) / (lr * g)) ** 2
                 + ((u[1] - ly) / (lr * 0.9 * g)) ** 2
@@ -714,10 +714,10 @@ def generate_case(
     shape = _check_shape(shape)
     anatomy = sample_anatomy(_case_rng(seed, subject, 0, _STREAM_ANATOMY), lesion_probability)
     scan = sample_scan(_case_rng(seed, subject, scan_index, _STREAM_SCAN), anatomy, shape, noise_hu)
-    growth = 1.0
     if scan_index > 0:
-        growth = float(_case_rng(seed, subject, scan_index, _STREAM_FOLLOWUP).uniform(0.85, 1.35))
-    vol = render(anatomy, scan, shape, _case_rng(seed, subject, scan_index, _STREAM_NOISE), growth)
+        growth = _case_rng(seed, subject, scan_index, _STREAM_FOLLOWUP).uniform(0.85, 1.35)
+        scan = dataclasses.replace(scan, lesion_growth=float(growth))
+    vol = render(anatomy, scan, shape, _case_rng(seed, subject, scan_index, _STREAM_NOISE))
     vol.metadata["scan_index"] = scan_index
     return vol
 
