@@ -39,7 +39,7 @@ class ThresholdAtlas:
 
     window: tuple[float, float]
     """Intensity window (low, high) of the smoothed image that counts as liver."""
-    prior: list = field(default_factory=list)
+    prior: list[Any] = field(default_factory=list)
     """Liver frequency over the training cases on a coarse grid in normalised image
     coordinates (nested lists, ``PRIOR_GRID`` voxels per axis): the location atlas."""
     prior_threshold: float = 0.1

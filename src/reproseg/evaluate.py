@@ -222,7 +222,7 @@ def evaluate_baseline(
     for case in cases["train"]:
         image, label, spacing, _ = reader.load(case)
         train.append((image, label, spacing))
-    fitted = baselines.fit_threshold_atlas(train, cfg.labels, seed=cfg.split.seed)
+    fitted = baselines.fit_threshold_atlas(train, cfg.labels)
     log.info(
         "%s fold %d: window %s from %d training cases", method, fold, fitted.window, len(train)
     )

@@ -148,7 +148,7 @@ def interrater_table(
         manifest: the manifest table (columns ``case_id``, ``label``, ``rater_labels``...).
         test_cases: held-out test case ids; model-vs-rater rows only use these (a model
             has never seen them).
-        predictions: prediction folder -> method key (e.g. ``"unet/fold0/seed0"`` ->
+        predictions: method key -> prediction folder (e.g. ``"unet/fold0/seed0"`` ->
             ``results/predictions/unet/fold0/seed0``); each holds ``{case}.nii.gz``.
         labels: label map (0 = background).
         nsd_tolerance_mm: NSD tolerance (reported as an extra column).
@@ -215,6 +215,9 @@ def interrater_table(
                     rater=rater,
                 )
     df = pd.DataFrame(rows, columns=INTERRATER_COLUMNS)
+    # Integers where defined, empty for rater-rater rows (not 0.0 / NaN).
+    df["fold"] = df["fold"].astype("Int64")
+    df["seed"] = df["seed"].astype("Int64")
     log.info(
         "interrater: %d rows (%d rater-rater)", len(df), int((df["kind"] == "rater-rater").sum())
     )

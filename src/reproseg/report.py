@@ -430,6 +430,12 @@ def energy_section(paths: Sequence[Path]) -> dict[str, Any]:
                 "CPU energy": "measured (RAPL)" if e.get("measured") else "estimated (TDP x load)",
             }
         )
+        # codecarbon's breakdown, when the training step recorded it
+        for part in ("cpu", "gpu", "ram"):
+            if f"{part}_energy_kwh" in e:
+                rows[-1][f"{part.upper()} (kWh)"] = float(e[f"{part}_energy_kwh"] or 0.0)
+        if e.get("gpu_model"):
+            rows[-1]["GPU"] = str(e["gpu_model"])
     if not rows:
         return {"table": "", "totals": None, "measured": None}
     df = pd.DataFrame(rows)
@@ -575,9 +581,6 @@ def build_report(inp: ReportInputs, cfg: Config, out_html: str | Path) -> Path:
         "qc": qc_section(inp),
         "splits": splits_section(splits, inp.splits_json),
         "interrater": interrater_section(inp.interrater_tsv),
-        "n_annotators": cfg.source.synthetic.n_annotators
-        if cfg.source.kind == "synthetic"
-        else None,
         "energy": energy_section(inp.emissions),
         "env": environment_section(inp, cfg, manifest, splits),
         "rerun": rerun_commands(inp.configfiles),

@@ -77,6 +77,10 @@ WORKFLOW_SNAPSHOT = (
 #: database), temporary files, and the crate's own outputs.
 EXCLUDE_NAMES = {"checkpoint.pt", "ro-crate-metadata.json", "ro-crate.zip", "ro-crate-preview.html"}
 EXCLUDE_DIRS = {"mlflow", "mlruns", "__pycache__", ".snakemake"}
+#: Image data (raw volumes and predictions made from them) stays out: a dataset's license or
+#: patients' consent rarely allows redistribution. The manifest (sha256 and source URI of
+#: every file) and the actions still identify them.
+EXCLUDE_PREFIXES = ("data/raw/", "predictions/")
 
 
 @dataclass
@@ -289,6 +293,8 @@ def crate_files(results: Path) -> list[Path]:
             continue
         if any(part in EXCLUDE_DIRS for part in rel.parts[:-1]) or ".tmp" in p.name:
             continue
+        if rel.as_posix().startswith(EXCLUDE_PREFIXES):
+            continue
         files.append(p)
     return files
 
@@ -427,7 +433,10 @@ def build_crate(
             return entities[rel]
         key = f"#file:{path}"
         if key not in entities:
-            props: dict[str, Any] = {"@type": "File", "name": str(path)}
+            props: dict[str, Any] = {
+                "@type": "Dataset" if p.is_dir() else "File",
+                "name": str(path),
+            }
             if p.is_file():
                 props["contentSize"] = p.stat().st_size
             entities[key] = crate.add(ContextEntity(crate, key, properties=props))

@@ -167,9 +167,9 @@ def _emissions_tracker(country: str, enabled: bool) -> Iterator[dict[str, Any]]:
         result.update(tracked=False)
         yield result
         return
-    from codecarbon import OfflineEmissionsTracker
-
     import logging
+
+    from codecarbon import OfflineEmissionsTracker
 
     logging.getLogger("codecarbon").setLevel(logging.ERROR)  # keep the rule log readable
     # output_methods=[]: nothing written by codecarbon itself (we write emissions.json atomically)

@@ -166,6 +166,9 @@ def make_fake_run(root: Path, cfg: Config | None = None, interrater: bool = True
                 "emissions_kg": 0.0004,
                 "duration_s": 30.0 + seed,
                 "measured": False,
+                "cpu_energy_kwh": 0.001,
+                "gpu_energy_kwh": 0.0,
+                "ram_energy_kwh": 0.0002,
             },
         )
         for split, cases in (("val", folds[fold]["val_cases"]), ("test", CASES["s05"])):

@@ -170,3 +170,22 @@ def test_missing_columns_are_rejected(tmp_path):
     write_tsv(tmp_path / "metrics.tsv", _table().drop(columns=["nsd"]))
     with pytest.raises(ValueError, match="metrics.tsv.*nsd"):
         run_aggregate([tmp_path / "metrics.tsv"], tmp_path / "out", 200)
+
+
+def test_cli_writes_the_outputs(tmp_path):
+    from reproseg.aggregate import cli
+
+    write_tsv(tmp_path / "metrics.tsv", _table())
+    (tmp_path / "cfg.yaml").write_text("evaluate:\n  bootstrap_samples: 100\n")
+    rc = cli(
+        [
+            str(tmp_path / "metrics.tsv"),
+            "--out",
+            str(tmp_path / "eval"),
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+        ]
+    )
+    assert rc == 0
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["bootstrap_samples"] == 100
+    assert (tmp_path / "eval" / "table.md").read_text().startswith("| method |")

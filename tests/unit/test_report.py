@@ -38,6 +38,7 @@ def test_every_section_and_figure_is_present(tmp_path: Path) -> None:
     assert "baseline_threshold_atlas" in page and "0.780 ± 0.050" in page
     assert "the data split (folds) moves the result more" in page
     assert "estimated</strong> from CPU load" in page  # measured: false in emissions.json
+    assert "<th>CPU (kWh)</th>" in page and "<th>RAM (kWh)</th>" in page
     assert 'href="publish/bioimageio/fake-run.zip"' in page
     assert 'href="ro-crate-metadata.json"' in page
     assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/abc123"' in page
@@ -112,3 +113,15 @@ def test_rerun_commands() -> None:
         rerun_commands(["a.yaml", "b.yaml"])[0]
         == "snakemake --cores all --configfile a.yaml --configfile b.yaml"
     )
+
+
+def test_cli_builds_the_report_from_a_results_folder(tmp_path: Path) -> None:
+    from reproseg.metadata import write_resolved_config
+    from reproseg.report import cli
+
+    inp = report_inputs(tmp_path)
+    write_resolved_config(fake_config(), tmp_path / "config.yaml")
+    rc = cli(["--config", str(tmp_path / "config.yaml"), "--results", str(tmp_path / "results")])
+    page = (tmp_path / "results/report.html").read_text()
+    assert rc == 0 and len(_pngs(page)) == 4
+    assert read_json(inp.splits_json)["sha256"] in page

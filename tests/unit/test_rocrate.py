@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reproseg.metadata import write_resolved_config
 from reproseg.rocrate import (
     Job,
     jobs_from_layout,
@@ -40,6 +41,7 @@ def crate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = make_fake_run(root)
     (res / "report.html").write_text("<html><body>report</body></html>")
     (res / "models/unet/fold0/seed0/checkpoint.pt").write_bytes(b"resumable state")
+    write_resolved_config(fake_config(), res / "metadata/config.yaml")
     make_crate(fake_config(), root, REPO, res / "ro-crate-metadata.json", res / "ro-crate.zip")
     return res
 
@@ -64,8 +66,9 @@ def test_crate_is_a_valid_workflow_run_crate(crate: Path) -> None:
         "publish/bioimageio/fake-run.zip",
         "publish/mlflow.json",
     ):
-        assert f in parts or f == "metadata/config.yaml", f
+        assert f in parts, f
     assert "models/unet/fold0/seed0/checkpoint.pt" not in parts
+    assert not any(p.startswith(("data/raw/", "predictions/")) for p in parts)  # image data
 
 
 def test_an_invalid_crate_is_reported(crate: Path, tmp_path: Path) -> None:
@@ -152,3 +155,15 @@ def test_secrets_never_get_into_the_crate(tmp_path: Path, monkeypatch: pytest.Mo
         with zipfile.ZipFile(leak, "w") as zf:
             zf.writestr("a/b.txt", "token=s3cr3t-mlflow-pw")
         scan_for_secrets([leak])
+
+
+def test_cli_writes_and_validates(tmp_path: Path) -> None:
+    from reproseg.rocrate import cli
+
+    res = make_fake_run(tmp_path)
+    write_resolved_config(fake_config(), res / "metadata/config.yaml")
+    rc = cli(
+        ["--config", str(res / "metadata/config.yaml"), "--workdir", str(tmp_path), "--validate"]
+    )
+    assert rc == 0
+    assert "metadata/config.yaml" in _graph(res / "ro-crate-metadata.json")
