@@ -152,6 +152,13 @@ def predict_volume(
             f"{image_path}: internal error, prediction shape {labels.shape} != {data.shape}"
         )
     save_nifti(out_path, labels, img.affine)
+    log.info(
+        "%s -> %s: %d model(s), labels present %s",
+        image_path,
+        out_path,
+        len(paths),
+        sorted(np.unique(labels).tolist()),
+    )
     return labels
 
 
@@ -174,14 +181,8 @@ def cli(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        labels = predict_volume(args.model, args.image, args.out)
+        predict_volume(args.model, args.image, args.out)
     except ValueError as exc:
         log.error("%s", exc)
         return 1
-    log.info(
-        "%s: wrote %s (labels present: %s)",
-        args.image,
-        args.out,
-        sorted(np.unique(labels).tolist()),
-    )
     return 0

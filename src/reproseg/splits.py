@@ -222,7 +222,9 @@ def load_fixed_splits(
     if not isinstance(splits, dict):
         raise ValueError(f"{path}: not a splits object")  # noqa: TRY004 (bad input file: ValueError by convention)
     body = {key: v for key, v in splits.items() if key != "sha256"}
-    if "sha256" in splits and splits["sha256"] != sha256_json(body):
+    if "sha256" not in splits:
+        log.warning("%s: has no sha256; its integrity cannot be verified", path)
+    elif splits["sha256"] != sha256_json(body):
         raise ValueError(
             f"{path}: sha256 does not match the content (file modified after publication?)"
         )

@@ -2,8 +2,11 @@
 import sys
 from pathlib import Path
 
+# The repository root, wherever Snakemake is started from (workflow.basedir is the directory
+# of the top-level Snakefile, which is the root shim or workflow/).
+REPO = Path(workflow.current_basedir).parents[1]
 # The library is installed in the project's .venv; also import it from a plain checkout.
-sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
+sys.path.insert(0, str(REPO / "src"))
 
 from reproseg.config import load_config
 from reproseg.workflow_helpers import code_hash
@@ -13,7 +16,7 @@ MODELS = list(CFG.train.models)
 SEEDS = list(CFG.train.seeds)
 FOLDS = list(range(CFG.split.k))
 BASELINES = list(CFG.evaluate.baselines)
-SCRIPTS = Path(workflow.basedir).parent / "scripts"
+SCRIPTS = REPO / "scripts"
 
 
 wildcard_constraints:
