@@ -1,5 +1,12 @@
 # Shim so that `snakemake` works from the repository root; the workflow lives in workflow/.
-# The default target is `rule all` of workflow/Snakefile (declared there with default_target).
+# Snakemake restores the default target after an include, so it is re-declared here: the
+# same targets as `rule all` of workflow/Snakefile.
 
 
 include: "workflow/Snakefile"
+
+
+rule default:
+    default_target: True
+    input:
+        rules.all.input,
