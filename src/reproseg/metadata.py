@@ -419,6 +419,7 @@ def cli(argv: list[str]) -> int:
     dome.add_argument("--manifest", default="results/data/manifest.json")
     dome.add_argument("--environment", required=True, help="one training job's environment.json")
     dome.add_argument("--emissions", default=None, help="that job's emissions.json (optional)")
+    dome.add_argument("--qc", default=None, help="qc.json (optional: excluded cases)")
     dome.add_argument("--out-json", default="results/metadata/dome.json")
     dome.add_argument("--out-md", default="results/metadata/dome.md")
     args = parser.parse_args(argv)
@@ -435,6 +436,7 @@ def cli(argv: list[str]) -> int:
             manifest_json=args.manifest,
             environment_json=args.environment,
             emissions_json=args.emissions,
+            qc_json=args.qc,
             out_json=args.out_json,
             out_md=args.out_md,
             config_path=args.config,

@@ -39,17 +39,9 @@ from reproseg.config import Config, load_config
 from reproseg.dome import environment_facts
 from reproseg.io import load_nifti, read_json, read_tsv, write_text
 from reproseg.logs import get_logger
+from reproseg.rocrate import secret_values
 
 log = get_logger("report")
-
-#: Environment variables that may hold credentials; their values are never printed.
-SECRET_ENV_VARS = (
-    "OMERO_PASSWORD",
-    "OMERO_SESSION_KEY",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
-)
 
 #: The page's sections, in order: (anchor id, title). Tests check every one is rendered.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -147,7 +139,8 @@ def results_section(inp: ReportInputs) -> dict[str, Any]:
     """Paper-style table (table.tsv) and the fold-vs-seed spread of every method (summary)."""
     table = read_tsv(inp.table_tsv)
     summary = read_tsv(inp.summary_tsv)
-    need = {"method", "class_name", "metric", "std_over_folds", "std_over_seeds"}
+    need = {"method", "class_name", "metric", "pooled_mean"}
+    need |= {f"{s}_over_{k}" for s in ("mean", "std") for k in ("folds", "seeds")}
     if not need <= set(summary.columns):
         raise ValueError(f"{inp.summary_tsv}: lacks columns {sorted(need - set(summary.columns))}")
     dice = summary[summary["metric"] == "dice"]
@@ -552,11 +545,10 @@ def rerun_commands(configfiles: Sequence[str]) -> list[str]:
 
 
 def _scrub(text: str) -> str:
-    """Defence in depth: blank any credential from the environment that reached the page."""
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4 and value in text:
-            text = text.replace(value, "***")
+    """Defence in depth: blank any credential from the environment that reached the page
+    (same variables and minimum length as the RO-Crate's secret scan)."""
+    for value in secret_values().values():
+        text = text.replace(value, "***")
     return text
 
 

@@ -45,7 +45,6 @@ SECRET_ENV_VARS = (
     "OMERO_SESSION_KEY",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
     "AWS_SECRET_ACCESS_KEY",
 )
 
@@ -238,9 +237,13 @@ def jobs_from_layout(cfg: Config, workdir: str | Path) -> list[Job]:
 # ----------------------------------------------------------------------------- secrets
 
 
+#: Shorter values are not scanned: they match ordinary text (and real credentials are longer).
+MIN_SECRET_LENGTH = 8
+
+
 def secret_values(names: Sequence[str] = SECRET_ENV_VARS) -> dict[str, str]:
-    """The credential environment variables that are set (values of 4+ characters)."""
-    return {n: os.environ[n] for n in names if len(os.environ.get(n, "")) >= 4}
+    """The credential environment variables that are set (values of MIN_SECRET_LENGTH+ chars)."""
+    return {n: os.environ[n] for n in names if len(os.environ.get(n, "")) >= MIN_SECRET_LENGTH}
 
 
 def scan_for_secrets(files: Iterable[Path], secrets: dict[str, str] | None = None) -> None:
@@ -353,6 +356,12 @@ def build_crate(
     snapshot_workflow(Path(repo).resolve(), res / "workflow")
     if jobs is None:
         jobs = jobs_from_snakemake_metadata(wd) or jobs_from_layout(cfg, wd)
+    # A record of an earlier crate build describes files this build replaces: drop it.
+    own = {
+        (res / n).relative_to(wd).as_posix()
+        for n in ("ro-crate-metadata.json", "ro-crate.zip", "workflow")
+    }
+    jobs = [j for j in jobs if not own.intersection(j.outputs)]
     crate = ROCrate(version="1.1")
     crate.name = f"ReproSeg run {cfg.run_name}"
     crate.description = (

@@ -78,3 +78,38 @@ def test_bad_summary_names_the_file(run: Path, tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match=rf"{tmp_path / 'summary.json'}: summary has no rows"):
         _build(run, tmp_path, summary_json=tmp_path / "summary.json")
+
+
+def test_cli(run: Path, tmp_path: Path) -> None:
+    from reproseg.metadata import cli, write_resolved_config
+
+    write_resolved_config(fake_config(), tmp_path / "config.yaml")
+    rc = cli(
+        [
+            "dome",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "--splits",
+            str(run / "splits/splits.json"),
+            "--summary",
+            str(run / "eval/summary.json"),
+            "--manifest",
+            str(run / "data/manifest.json"),
+            "--environment",
+            str(run / "models/unet/fold0/seed0/environment.json"),
+            "--qc",
+            str(run / "qc/qc.json"),
+            "--out-json",
+            str(tmp_path / "dome.json"),
+            "--out-md",
+            str(tmp_path / "dome.md"),
+        ]
+    )
+    rec = read_json(tmp_path / "dome.json")
+    assert rc == 0 and rec["dome"]["optimization"]["algorithm"]["evidence"] == [
+        str(tmp_path / "config.yaml")
+    ]
+    excluded = next(c for c in rec["checklist"] if c["id"] == "data.excluded")
+    assert excluded["detail"].startswith("0 case(s) excluded") and excluded["evidence"].endswith(
+        "qc.json"
+    )

@@ -167,3 +167,27 @@ def test_cli_writes_and_validates(tmp_path: Path) -> None:
     )
     assert rc == 0
     assert "metadata/config.yaml" in _graph(res / "ro-crate-metadata.json")
+
+
+def test_an_earlier_crate_build_is_not_an_action(tmp_path: Path) -> None:
+    """Snakemake still holds the record of the previous rocrate job while the new one runs."""
+    res = make_fake_run(tmp_path)
+    jobs = [
+        Job("qc", ["results/data/manifest.tsv"], ["results/qc/qc.json"], 1.0, 2.0),
+        Job(
+            "rocrate",
+            ["results/report.html"],
+            ["results/ro-crate.zip", "results/workflow"],
+            3.0,
+            4.0,
+        ),
+    ]
+    make_crate(
+        fake_config(), tmp_path, REPO, res / "ro-crate-metadata.json", res / "ro-crate.zip", jobs
+    )
+    tools = {
+        e["instrument"]["@id"]
+        for e in _graph(res / "ro-crate-metadata.json").values()
+        if "CreateAction" in _types(e)
+    }
+    assert tools == {"#rule-qc", "workflow/workflow/Snakefile"}

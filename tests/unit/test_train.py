@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -198,9 +199,7 @@ def test_predict_uses_saved_preprocessing(dataset, reference, tmp_path: Path) ->
     root, _, _ = dataset
     _, out = reference
     model, meta = load_model(out / "model.pt")
-    image = np.asarray(
-        __import__("nibabel").load(str(root / "images" / "case00.nii.gz")).dataobj, np.float32
-    )
+    image = np.asarray(nib.load(str(root / "images" / "case00.nii.gz")).dataobj, np.float32)
     probs = predict_probabilities(model, meta, image)
     assert probs.shape == (5, *image.shape) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)

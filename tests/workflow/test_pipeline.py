@@ -125,3 +125,31 @@ def test_report_has_the_results(tiny_run: Path) -> None:
     assert "<table" in html and "dice" in html.lower()
     assert "data:image/png;base64," in html
     assert read_json(tiny_run / "results/splits/splits.json")["sha256"] in html
+
+
+def test_pipeline_runs_from_a_local_msd_dataset(tmp_path: Path) -> None:
+    """The same workflow from a Medical Segmentation Decathlon folder, grouped by patient.
+
+    Publishing is switched off and the target is the evaluation summary, which exercises
+    every step that depends on the source (ingest, QC, split, train, evaluate, aggregate).
+    """
+    from tests.helpers.make_msd import make_msd_dataset
+
+    make_msd_dataset(tmp_path / "data/TinyLiver", n_subjects=6, scans_per_subject=2, shape=(32, 32, 32))
+    run_snakemake(
+        tmp_path,
+        "results/eval/summary.tsv",
+        "--config", "publish={'mlflow': {'enabled': False}, 'bioimageio': {'enabled': False}}",
+        configfiles=("config/test.yaml", "config/examples/local_msd.yaml"),
+    )
+    manifest = pd.read_csv(tmp_path / "results/data/manifest.tsv", sep="\t")
+    assert len(manifest) == 12
+    assert manifest["source_uri"].str.contains("TinyLiver").all()
+    # Two scans per patient, and the split keeps both scans of a patient together.
+    assert manifest.groupby("subject_id").size().eq(2).all()
+    splits = read_json(tmp_path / "results/splits/splits.json")
+    by_case = dict(zip(manifest["case_id"], manifest["subject_id"]))
+    for fold in splits["folds"]:
+        assert {by_case[c] for c in fold["val_cases"]} == set(fold["val_subjects"])
+    summary = pd.read_csv(tmp_path / "results/eval/summary.tsv", sep="\t")
+    assert (summary["metric"] == "dice").any()
