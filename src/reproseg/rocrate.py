@@ -353,7 +353,8 @@ def build_crate(
 
     wd = Path(workdir).resolve()
     res = (wd / results).resolve()
-    snapshot_workflow(Path(repo).resolve(), res / "workflow")
+    repo_dir = Path(repo).resolve()
+    snapshot_workflow(repo_dir, res / "workflow")
     if jobs is None:
         jobs = jobs_from_snakemake_metadata(wd) or jobs_from_layout(cfg, wd)
     # A record of an earlier crate build describes files this build replaces: drop it.
@@ -440,6 +441,10 @@ def build_crate(
             rel = None
         if rel is not None and rel in entities:
             return entities[rel]
+        if p.is_relative_to(repo_dir):  # a workflow file (lock file, template): its snapshot
+            snap = f"workflow/{p.relative_to(repo_dir).as_posix()}"
+            if snap in entities:
+                return entities[snap]
         key = f"#file:{path}"
         if key not in entities:
             props: dict[str, Any] = {

@@ -45,3 +45,12 @@ def test_sha256_array_ignores_container() -> None:
     a = np.zeros((2, 3), np.uint8)
     assert io.sha256_array(a) == io.sha256_array(a.copy(order="F"))
     assert io.sha256_array(a) != io.sha256_array(a.astype(np.int16))
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    io.write_text(tmp_path / "r.html", "x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "r.html").st_mode)
+    assert mode == 0o666 & ~io._UMASK

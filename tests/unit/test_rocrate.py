@@ -191,3 +191,29 @@ def test_an_earlier_crate_build_is_not_an_action(tmp_path: Path) -> None:
         if "CreateAction" in _types(e)
     }
     assert tools == {"#rule-qc", "workflow/workflow/Snakefile"}
+
+
+def test_workflow_files_used_as_inputs_point_to_the_snapshot(tmp_path: Path) -> None:
+    res = make_fake_run(tmp_path)
+    lock = str(REPO / "requirements.lock")  # rules may name repository files by absolute path
+    jobs = [
+        Job(
+            "publish_mlflow",
+            ["results/eval/summary.tsv", lock],
+            ["results/publish/mlflow.json"],
+            1.0,
+            2.0,
+        )
+    ]
+    make_crate(
+        fake_config(), tmp_path, REPO, res / "ro-crate-metadata.json", res / "ro-crate.zip", jobs
+    )
+    g = _graph(res / "ro-crate-metadata.json")
+    action = next(
+        e for e in g.values() if e.get("instrument", {}).get("@id") == "#rule-publish_mlflow"
+    )
+    assert {o["@id"] for o in action["object"]} == {
+        "eval/summary.tsv",
+        "workflow/requirements.lock",
+    }
+    assert str(REPO) not in (res / "ro-crate-metadata.json").read_text()

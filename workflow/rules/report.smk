@@ -46,6 +46,8 @@ OVERLAY_CONFIGFILES = [
 rule report:
     input:
         **REPORT_INPUTS,
+        # not Python, so not in the code hash: an input, so that editing it reruns the report
+        template=str(REPO_DIR / "src" / "reproseg" / "templates" / "report.html.j2"),
     output:
         html=report(
             "results/report.html",
@@ -65,6 +67,6 @@ rule report:
     params:
         configfiles=OVERLAY_CONFIGFILES,
         config=CFG.model_dump(mode="json"),
-        code=code_hash("reproseg.report", "reproseg.dome"),
+        code=code_hash("reproseg.report", "reproseg.dome", "reproseg.rocrate"),
     script:
         "../../scripts/report.py"

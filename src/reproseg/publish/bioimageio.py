@@ -467,7 +467,7 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         "format_version": "0.5.12",
         "type": "model",
         "name": cfg.publish.bioimageio.name,
-        "description": f"3D U-Net segmentation of the {n_out - 1} Couinaud liver segments in CT, "
+        "description": f"3D {model_cfg.arch} segmentation of the {n_out - 1} Couinaud liver segments in CT, "
         f"trained and evaluated reproducibly by ReproSeg (run {cfg.run_name}).",
         "authors": [{"name": a} for a in cfg.publish.bioimageio.authors],
         "cite": CITATIONS,
