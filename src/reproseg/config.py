@@ -49,7 +49,9 @@ class SyntheticSource(_Strict):
         [64, 64, 64], min_length=3, max_length=3, description="Voxel grid (x, y, z) of each volume."
     )
     n_annotators: int = Field(
-        2, ge=1, description="Annotators per scan; >1 gives rater labels that disagree at boundaries."
+        2,
+        ge=1,
+        description="Annotators per scan; >1 gives rater labels that disagree at boundaries.",
     )
     rater_disagreement_mm: float = Field(
         1.5, ge=0, description="Scale (mm) of the boundary displacement between annotators."
@@ -61,7 +63,9 @@ class SyntheticSource(_Strict):
 class LocalSource(_Strict):
     """A dataset on disk: MSD / nnU-Net raw layout or a table of files."""
 
-    layout: Literal["msd", "table"] = Field("msd", description="msd (dataset.json) or table (CSV/TSV).")
+    layout: Literal["msd", "table"] = Field(
+        "msd", description="msd (dataset.json) or table (CSV/TSV)."
+    )
     path: str = Field("", description="Dataset folder (msd) or CSV/TSV file (table).")
 
 
@@ -116,9 +120,13 @@ class QCConfig(_Strict):
 class SplitConfig(_Strict):
     """Grouped, stable k-fold splits with a held-out test set."""
 
-    seed: int = Field(33, description="Seed of the split hash (33: balanced folds for the synthetic default).")
+    seed: int = Field(
+        33, description="Seed of the split hash (33: balanced folds for the synthetic default)."
+    )
     k: int = Field(3, ge=2, description="Number of cross-validation folds.")
-    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of subjects held out for test.")
+    test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Fraction of subjects held out for test."
+    )
     group_by: str = Field("subject_id", description="Manifest column that groups cases (patient).")
     stratify_by: str | None = Field(None, description="Optional manifest column to stratify on.")
     fixed_file: str | None = Field(
@@ -149,16 +157,22 @@ class TrainConfig(_Strict):
     epochs: int = Field(30, ge=1, description="Training epochs.")
     steps_per_epoch: int = Field(20, ge=1, description="Optimiser steps per epoch.")
     batch_size: int = Field(2, ge=1, description="Patches per step.")
-    patch_size: list[int] = Field([48, 48, 48], min_length=3, max_length=3, description="Patch size.")
+    patch_size: list[int] = Field(
+        [48, 48, 48], min_length=3, max_length=3, description="Patch size."
+    )
     foreground_ratio: float = Field(
         0.67, ge=0, le=1, description="Share of patches centred on foreground."
     )
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(1e-5, ge=0, description="Adam weight decay.")
     val_every: int = Field(5, ge=1, description="Validate every N epochs (model selection).")
-    checkpoint_every: int = Field(5, ge=1, description="Write a resumable checkpoint every N epochs.")
+    checkpoint_every: int = Field(
+        5, ge=1, description="Write a resumable checkpoint every N epochs."
+    )
     intensity_percentiles: list[float] = Field(
-        [0.5, 99.5], min_length=2, max_length=2,
+        [0.5, 99.5],
+        min_length=2,
+        max_length=2,
         description="Clip percentiles learned on the fold's training cases only.",
     )
     augment: bool = Field(True, description="Seeded flips / intensity augmentation.")
@@ -168,13 +182,17 @@ class TrainConfig(_Strict):
         "primary", description="Training target when several annotators exist."
     )
     energy_country: str = Field(
-        "FRA", min_length=3, max_length=3,
+        "FRA",
+        min_length=3,
+        max_length=3,
         description="ISO 3166-1 alpha-3 country of the electricity grid (codecarbon, offline).",
     )
 
 
 class EvaluateConfig(_Strict):
-    nsd_tolerance_mm: float = Field(2.0, gt=0, description="Normalised surface Dice tolerance (mm).")
+    nsd_tolerance_mm: float = Field(
+        2.0, gt=0, description="Normalised surface Dice tolerance (mm)."
+    )
     bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for 95 % CIs.")
     baselines: list[Literal["threshold_atlas"]] = Field(
         ["threshold_atlas"], description="Classical baselines evaluated on the same folds."
@@ -239,7 +257,7 @@ class Config(_Strict):
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
 
     @model_validator(mode="after")
-    def _check_labels(self) -> "Config":
+    def _check_labels(self) -> Config:
         if 0 not in self.labels:
             raise ValueError("labels: the label map must contain 0 (background)")
         return self

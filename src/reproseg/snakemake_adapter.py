@@ -22,7 +22,7 @@ def run_step(snakemake: Any, step: Callable[[Any, Config], None]) -> None:
     try:
         cfg = load_config(dict(snakemake.config))
         step(snakemake, cfg)
-    except Exception as exc:  # report cleanly, keep the traceback in the log
+    except Exception as exc:  # noqa: BLE001 - any failure: report cleanly, keep the traceback
         logger.error("%s failed: %s", snakemake.rule, exc)
         logger.debug(traceback.format_exc())
         if log_file:

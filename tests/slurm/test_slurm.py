@@ -33,7 +33,8 @@ from ..conftest import REPO, VENV_BIN, snakemake_env
 #: the local tiny_run already covers and which do not change the outputs compared here.
 NO_PUBLISH = {"publish": {"mlflow": {"enabled": False}, "bioimageio": {"enabled": False}}}
 
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
+#: The plugin's log line per sbatch call (Snakemake job id: a number, or a UUID for a group).
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
 
 
 def slurm_command(workdir: Path, overlay: Path, *targets: str) -> list[str]:
@@ -132,7 +133,11 @@ def test_tiny_workflow_on_slurm_equals_local_run(
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-12000:]
+    check_slurm_run(workdir, log, tiny_run)
 
+
+def check_slurm_run(workdir: Path, log: str, tiny_run: Path) -> None:
+    """Every job went through sbatch and the outputs equal those of the local run."""
     # Every job that ran went through sbatch, and SLURM saw each of them complete.
     submitted = SUBMITTED.findall(log)
     assert submitted, "no job was submitted with sbatch:\n" + log[-4000:]
@@ -146,6 +151,11 @@ def test_tiny_workflow_on_slurm_equals_local_run(
     local_rules = set(re.findall(r"^\s*localrule (\w+):", log, flags=re.MULTILINE))
     assert local_rules <= {"all"}, local_rules
     assert {"ingest", "train", "evaluate", "aggregate", "report"} <= scheduled_rules
+    # One sbatch per group job and per ungrouped job.
+    units = len(re.findall(r"^\[.*\] Group job ", log, flags=re.MULTILINE)) + len(
+        re.findall(r"^rule \w+:", log, flags=re.MULTILINE)
+    )
+    assert units == len(job_ids), (units, job_ids)
     # The SLURM logs of the jobs are kept (--slurm-keep-successful-logs) under .snakemake.
     assert list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
 

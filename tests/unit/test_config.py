@@ -43,7 +43,7 @@ def test_every_key_in_default_config_is_commented() -> None:
     lines = (REPO / "config" / "config.yaml").read_text().splitlines()
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+        if not stripped or stripped.startswith(("#", "- ")):
             continue
         key = stripped.split(":")[0]
         # Mapping keys that open a section or a value; a comment above, or in a run of

@@ -26,7 +26,7 @@ TEST_CFG = load_config(
 
 def test_dry_run_lists_expected_jobs(tmp_path: Path) -> None:
     proc = run_snakemake(tmp_path, "--dry-run", "--quiet", "rules")
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", proc.stdout, flags=re.M))
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", proc.stdout, flags=re.MULTILINE))
     n_train = len(TEST_CFG.train.models) * TEST_CFG.split.k * len(TEST_CFG.train.seeds)
     assert int(counts["train"]) == n_train
     assert int(counts["evaluate"]) == n_train
@@ -135,11 +135,14 @@ def test_pipeline_runs_from_a_local_msd_dataset(tmp_path: Path) -> None:
     """
     from tests.helpers.make_msd import make_msd_dataset
 
-    make_msd_dataset(tmp_path / "data/TinyLiver", n_subjects=6, scans_per_subject=2, shape=(32, 32, 32))
+    make_msd_dataset(
+        tmp_path / "data/TinyLiver", n_subjects=6, scans_per_subject=2, shape=(32, 32, 32)
+    )
     run_snakemake(
         tmp_path,
         "results/eval/summary.tsv",
-        "--config", "publish={'mlflow': {'enabled': False}, 'bioimageio': {'enabled': False}}",
+        "--config",
+        "publish={'mlflow': {'enabled': False}, 'bioimageio': {'enabled': False}}",
         configfiles=("config/test.yaml", "config/examples/local_msd.yaml"),
     )
     manifest = pd.read_csv(tmp_path / "results/data/manifest.tsv", sep="\t")

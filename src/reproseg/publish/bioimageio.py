@@ -30,6 +30,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -453,7 +454,10 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
     )
     # Tracing, not scripting: SegResNet is not scriptable, and these networks have no
     # shape-dependent Python branches (bioimageio test runs the trace on several sizes).
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The only traced Python branches are norm-layer shape checks (channel count,
+        # spatial size > 1): constants for every valid input, so the warnings are noise.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(net_zyx, example)
     traced.save(str(put("weights_zyx.torchscript.pt")))
     _cover(test_input[0, 0], test_output[0], put("cover.png"), n_out)
