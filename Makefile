@@ -9,6 +9,8 @@ CORES  ?= all
 # Offline-safe defaults for the libraries (no telemetry or cloud probes).
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+# UTF-8 whatever the locale (reports and tables contain ±, µ...).
+export PYTHONUTF8 := 1
 
 .PHONY: run test lint lock system-deps benchmarks clean
 

@@ -85,9 +85,11 @@ def fake_upstream(workdir: Path, n_subjects: int, folds: int) -> None:
     tsv = "\t".join(header) + "\n" + "".join("\t".join(r[h] for h in header) + "\n" for r in rows)
     data = workdir / "results" / "data"
     data.mkdir(parents=True)
-    (data / "manifest.tsv").write_text(tsv)
+    (data / "manifest.tsv").write_text(tsv, encoding="utf-8")
     sha = hashlib.sha256(tsv.encode()).hexdigest()
-    (data / "manifest.json").write_text(json.dumps({"rows": rows, "manifest_sha256": sha}))
+    (data / "manifest.json").write_text(
+        json.dumps({"rows": rows, "manifest_sha256": sha}), encoding="utf-8"
+    )
     (workdir / "results" / "qc").mkdir(parents=True)
     (workdir / "results" / "qc" / "qc.json").write_text(
         json.dumps({"ok": True, "n_cases": len(rows), "errors": [], "warnings": [], "excluded": []})
@@ -118,12 +120,16 @@ def fake_upstream(workdir: Path, n_subjects: int, folds: int) -> None:
     }
     splits["sha256"] = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
     (workdir / "results" / "splits").mkdir(parents=True)
-    (workdir / "results" / "splits" / "splits.json").write_text(json.dumps(splits))
+    (workdir / "results" / "splits" / "splits.json").write_text(
+        json.dumps(splits), encoding="utf-8"
+    )
 
 
 def slurm_grouping_args() -> list[str]:
     """``--groups`` / ``--group-components`` arguments from profiles/slurm/config.yaml."""
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    profile = yaml.safe_load(
+        (REPO / "profiles" / "slurm" / "config.yaml").read_text(encoding="utf-8")
+    )
     args: list[str] = []
     if profile.get("groups"):
         args += ["--groups", *[f"{r}={g}" for r, g in profile["groups"].items()]]
@@ -184,7 +190,7 @@ def count_submissions(dry_run_stdout: str) -> tuple[int, int]:
 def has_checkpoints() -> bool:
     """Whether the workflow uses data-dependent checkpoints (then the DAG is not forced)."""
     return any(
-        re.search(r"^checkpoint \w+:", p.read_text(), flags=re.MULTILINE)
+        re.search(r"^checkpoint \w+:", p.read_text(encoding="utf-8"), flags=re.MULTILINE)
         for p in (REPO / "workflow" / "rules").glob("*.smk")
     )
 
@@ -256,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "OK" if at_1000[0]["dag_s"] <= 10 else "OVER TARGET"
         print(f"1,000 subjects: {at_1000[0]['dag_s']:.2f} s (target <= 10 s): {verdict}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
     return 0
 
 

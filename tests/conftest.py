@@ -24,6 +24,7 @@ def snakemake_env() -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env["DO_NOT_TRACK"] = "1"
+    env["PYTHONUTF8"] = "1"
     # The tiny run publishes to its own SQLite store, never to a server a user configured.
     env.pop("MLFLOW_TRACKING_URI", None)
     return env

@@ -274,7 +274,7 @@ def load_config(path: str | Path | dict[str, Any]) -> Config:
         return Config.model_validate(path)
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{p}: cannot read config: {exc}") from exc
     try:
@@ -299,7 +299,7 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     text = yaml.safe_dump(json_schema(), sort_keys=True)
     if args.check:
-        committed = yaml.safe_load(Path(args.check).read_text())
+        committed = yaml.safe_load(Path(args.check).read_text(encoding="utf-8"))
         if committed != json_schema():
             print(f"{args.check}: out of date; regenerate with `reproseg schema > {args.check}`")
             return 1

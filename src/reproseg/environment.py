@@ -41,7 +41,7 @@ def package_freeze() -> dict[str, str]:
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (Linux) or ``platform.processor()``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:

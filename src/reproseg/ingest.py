@@ -177,7 +177,7 @@ def load_merged_config(paths: list[str]) -> Config:
     data: dict[str, Any] = {}
     for path in paths:
         try:
-            part = yaml.safe_load(Path(path).read_text()) or {}
+            part = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ValueError(f"{path}: cannot read config: {exc}") from exc
         data = _deep_merge(data, part)

@@ -59,7 +59,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -87,7 +87,7 @@ def read_json(path: str | Path) -> Any:
     """Read JSON, naming the file in the error."""
     p = Path(path)
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{p}: cannot read JSON: {exc}") from exc
 

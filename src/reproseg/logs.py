@@ -23,7 +23,7 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
     logger.addHandler(stream)
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, mode="w")
+        fh = logging.FileHandler(log_file, mode="w", encoding="utf-8")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.propagate = False

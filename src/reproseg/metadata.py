@@ -65,7 +65,9 @@ def load_schema(standard: str) -> dict[str, Any]:
     """The committed JSON Schema of ``standard`` ("rembi" or "miappe")."""
     if standard not in ("rembi", "miappe"):
         raise ValueError(f"metadata.standard: unknown standard {standard!r} (rembi or miappe)")
-    text = (resources.files("reproseg") / "schemas" / f"{standard}.schema.json").read_text()
+    text = (resources.files("reproseg") / "schemas" / f"{standard}.schema.json").read_text(
+        encoding="utf-8"
+    )
     return json.loads(text)
 
 

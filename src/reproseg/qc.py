@@ -514,7 +514,7 @@ def run_qc_step(snakemake: Any, cfg: Config) -> None:
         for name in ("inputs.tsv", "qc.json", "qc.md"):
             src = out_dir / name
             if src.exists():
-                write_text(log_dir / name, src.read_text())
+                write_text(log_dir / name, src.read_text(encoding="utf-8"))
 
 
 def cli(argv: list[str]) -> int:

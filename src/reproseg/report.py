@@ -176,7 +176,9 @@ def results_section(inp: ReportInputs) -> dict[str, Any]:
         )
     return {
         "table": _table_html(table),
-        "table_md": inp.table_md.read_text() if inp.table_md and inp.table_md.exists() else "",
+        "table_md": inp.table_md.read_text(encoding="utf-8")
+        if inp.table_md and inp.table_md.exists()
+        else "",
         "spread": _table_html(spread),
         "verdict": verdict,
     }
@@ -339,7 +341,7 @@ def qc_section(inp: ReportInputs) -> dict[str, Any]:
         "warnings": [str(w) for w in qc.get("warnings", [])],
         "excluded": [str(e) for e in qc.get("excluded", [])],
         "reoriented": [str(e) for e in qc.get("reoriented", [])],
-        "md": inp.qc_md.read_text() if inp.qc_md and inp.qc_md.exists() else "",
+        "md": inp.qc_md.read_text(encoding="utf-8") if inp.qc_md and inp.qc_md.exists() else "",
     }
 
 
@@ -580,7 +582,9 @@ def build_report(inp: ReportInputs, cfg: Config, out_html: str | Path) -> Path:
         "dome": dome_section(inp.dome_json, out),
         "cfg": cfg,
     }
-    template_text = (resources.files("reproseg") / "templates" / "report.html.j2").read_text()
+    template_text = (resources.files("reproseg") / "templates" / "report.html.j2").read_text(
+        encoding="utf-8"
+    )
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = env.from_string(template_text).render(**context)
     write_text(out, _scrub(page))

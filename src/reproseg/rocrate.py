@@ -115,7 +115,7 @@ def jobs_from_snakemake_metadata(workdir: str | Path) -> list[Job]:
     for rec_path in sorted(p for p in meta_dir.rglob("*") if p.is_file()):
         try:
             out = _decode_record_path(rec_path.relative_to(meta_dir))
-            rec = json.loads(rec_path.read_text())
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
         except (ValueError, OSError, UnicodeDecodeError):
             log.warning("%s: unreadable Snakemake metadata record, skipped", rec_path)
             continue
@@ -580,7 +580,9 @@ def _offline_contexts() -> Iterator[None]:
     from rocrate_validator.utils import HttpRequester
 
     doc = json.loads(
-        (importlib.resources.files("rocrate") / "data" / "ro-crate.jsonld").read_text()
+        (importlib.resources.files("rocrate") / "data" / "ro-crate.jsonld").read_text(
+            encoding="utf-8"
+        )
     )
     ctx_13 = {"@context": doc["@context"]}
     # RO-Crate 1.1 maps the Bioschemas workflow terms to these IRIs (1.3 moved them to

@@ -26,6 +26,6 @@ def run_step(snakemake: Any, step: Callable[[Any, Config], None]) -> None:
         logger.error("%s failed: %s", snakemake.rule, exc)
         logger.debug(traceback.format_exc())
         if log_file:
-            with open(log_file, "a") as fh:
+            with open(log_file, "a", encoding="utf-8") as fh:
                 fh.write(traceback.format_exc())
         sys.exit(1)

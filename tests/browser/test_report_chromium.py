@@ -61,7 +61,7 @@ def render(page: Path, tmp: Path) -> tuple[dict, str, Path]:
             "chromium is not installed (Debian package 'chromium'; see tests/system_deps.sh)"
         )
     probed = tmp / "probed.html"
-    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"))
     common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}"]
     dom = subprocess.run(
         [*common, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],

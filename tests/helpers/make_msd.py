@@ -113,9 +113,9 @@ def make_msd_dataset(
         }
     else:
         raise ValueError(f"unknown layout {layout!r}")
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     if scans_per_subject > 1:
-        (root / "cases.tsv").write_text("\n".join(sidecar) + "\n")
+        (root / "cases.tsv").write_text("\n".join(sidecar) + "\n", encoding="utf-8")
     return root
 
 
@@ -145,7 +145,7 @@ def make_table_dataset(
                 _save(root / "labels" / f"{case}_r{r}.nii.gz", np.roll(label, r, axis=0), affine)
                 cells.append(f"labels/{case}_r{r}.nii.gz")
             lines.append(f"images/{case}.nii.gz,patient_{s:03d},{','.join(cells)},{s % 2}")
-    (root / "cases.csv").write_text("\n".join(lines) + "\n")
+    (root / "cases.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root / "cases.csv"
 
 

@@ -164,7 +164,8 @@ def make_fake_run(workdir: Path, cfg: Config) -> Path:
     summary = per_case.groupby(["method", "class_name"])["dice"].agg(["mean", "std"]).reset_index()
     write_json(results / "eval" / "summary.json", {"rows": summary.to_dict("records")})
     (results / "eval" / "table.md").write_text(
-        "| method | Dice (mean ± std over folds) |\n|---|---|\n| unet | 0.62 ± 0.05 |\n"
+        "| method | Dice (mean ± std over folds) |\n|---|---|\n| unet | 0.62 ± 0.05 |\n",
+        encoding="utf-8",
     )
     return workdir
 

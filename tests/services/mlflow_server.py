@@ -90,7 +90,7 @@ def start_mlflow_server(root: Path, timeout: float = 120.0) -> MlflowServer:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"mlflow server exited ({proc.returncode}):\n{log_file.read_text()[-4000:]}"
+                f"mlflow server exited ({proc.returncode}):\n{log_file.read_text(encoding='utf-8')[-4000:]}"
             )
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
@@ -101,5 +101,5 @@ def start_mlflow_server(root: Path, timeout: float = 120.0) -> MlflowServer:
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(
-        f"mlflow server did not answer within {timeout} s:\n{log_file.read_text()[-4000:]}"
+        f"mlflow server did not answer within {timeout} s:\n{log_file.read_text(encoding='utf-8')[-4000:]}"
     )

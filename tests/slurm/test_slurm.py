@@ -67,19 +67,20 @@ def slurm_command(workdir: Path, overlay: Path, *targets: str) -> list[str]:
 
 def write_overlay(tmp_path: Path) -> Path:
     overlay = tmp_path / "no_publish.yaml"
-    overlay.write_text(yaml.safe_dump(NO_PUBLISH))
+    overlay.write_text(yaml.safe_dump(NO_PUBLISH), encoding="utf-8")
     return overlay
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Final states of SLURM jobs, from squeue (kept for MinJobAge after they end)."""
+    """Final states of SLURM jobs, from squeue (kept for MinJobAge after they end).
+
+    All jobs are listed and filtered here: ``squeue -j`` fails on an id that aged out.
+    """
     out = subprocess.run(
-        ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
-        capture_output=True,
-        text=True,
-        check=True,
+        ["squeue", "-h", "-t", "all", "-o", "%i %T"], capture_output=True, text=True, check=True
     ).stdout
-    return dict(line.split() for line in out.splitlines() if line.strip())
+    states = dict(line.split() for line in out.splitlines() if line.strip())
+    return {j: states[j] for j in job_ids if j in states}
 
 
 def state_dict_digest(path: Path) -> dict[str, str]:
@@ -143,8 +144,10 @@ def check_slurm_run(workdir: Path, log: str, tiny_run: Path) -> None:
     assert submitted, "no job was submitted with sbatch:\n" + log[-4000:]
     job_ids = [slurm_id for _, slurm_id in submitted]
     assert len(set(job_ids)) == len(job_ids)
+    # squeue keeps finished jobs for MinJobAge (600 s): check those it still lists.
     states = slurm_states(job_ids)
-    assert all(states.get(j) == "COMPLETED" for j in job_ids), states
+    assert states, f"none of the jobs {job_ids} is known to squeue"
+    assert all(state == "COMPLETED" for state in states.values()), states
     # Jobs (or groups of jobs) that Snakemake scheduled = jobs submitted: nothing ran locally
     # except the target-only rule `all`.
     scheduled_rules = set(re.findall(r"^\s*rule (\w+):", log, flags=re.MULTILINE))
@@ -204,7 +207,7 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
         try:
             # Cancel the training job as soon as SLURM runs it.
             while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
-                run_id = re.search(r"SLURM run ID: (\S+)", log_path.read_text())
+                run_id = re.search(r"SLURM run ID: (\S+)", log_path.read_text(encoding="utf-8"))
                 if run_id:
                     out = subprocess.run(
                         ["squeue", "-h", "-n", run_id.group(1), "-t", "RUNNING", "-o", "%i %k"],
@@ -223,7 +226,7 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
         finally:
             if proc.poll() is None:
                 proc.kill()
-    log = log_path.read_text()
+    log = log_path.read_text(encoding="utf-8")
     assert cancelled is not None, "the training job was never seen running:\n" + log[-4000:]
     assert rc == 0, log[-12000:]
     assert slurm_states([cancelled]).get(cancelled) == "CANCELLED"
@@ -240,7 +243,7 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
 
 def _lock_pins() -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines():
         name, sep, version = line.strip().partition("==")
         if sep and not line.startswith("#"):
             pins[name.lower().replace("_", "-")] = version
@@ -250,7 +253,7 @@ def _lock_pins() -> dict[str, str]:
 @pytest.mark.parametrize("env", ["data", "train", "publish", "report"])
 def test_conda_envs_pin_the_tested_versions(env: str) -> None:
     """Each stage environment pins exactly the versions of requirements.lock (what CI tests)."""
-    spec = yaml.safe_load((REPO / "envs" / f"{env}.yaml").read_text())
+    spec = yaml.safe_load((REPO / "envs" / f"{env}.yaml").read_text(encoding="utf-8"))
     assert spec["channels"][0] == "conda-forge"
     deps = spec["dependencies"]
     assert "python=3.11" in deps
@@ -269,14 +272,14 @@ def test_conda_envs_pin_the_tested_versions(env: str) -> None:
 def test_rules_use_existing_envs() -> None:
     """Every `conda:` directive of the workflow names a file that exists."""
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        for env in re.findall(r'conda:\s*\n?\s*"([^"]+)"', smk.read_text()):
+        for env in re.findall(r'conda:\s*\n?\s*"([^"]+)"', smk.read_text(encoding="utf-8")):
             assert (smk.parent / env).resolve().is_file(), f"{smk.name}: missing {env}"
 
 
 def test_profiles_train_threads_agree() -> None:
     """Local and SLURM runs train with the same thread count (bitwise-equal CPU results)."""
-    local = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
-    slurm = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    local = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text(encoding="utf-8"))
+    slurm = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text(encoding="utf-8"))
     assert local["set-threads"]["train"] == slurm["set-threads"]["train"]
     assert slurm["executor"] == "slurm" and slurm["retries"] >= 1
     # Retries get more memory and time.
@@ -285,8 +288,8 @@ def test_profiles_train_threads_agree() -> None:
 
 
 def test_container_recipes_install_the_lock_file() -> None:
-    docker = (REPO / "containers" / "Dockerfile").read_text()
-    apptainer = (REPO / "containers" / "apptainer.def").read_text()
+    docker = (REPO / "containers" / "Dockerfile").read_text(encoding="utf-8")
+    apptainer = (REPO / "containers" / "apptainer.def").read_text(encoding="utf-8")
     for text in (docker, apptainer):
         assert "python:3.11" in text
         assert "-r requirements.lock" in text

@@ -131,13 +131,13 @@ def test_run_aggregate_writes_every_output(tmp_path):
     run_aggregate(paths, out, 200, models=["unet"])
     per_case = pd.read_csv(out / "per_case.tsv", sep="\t")
     assert len(per_case) == len(table)
-    text = (out / "summary.json").read_text()
+    text = (out / "summary.json").read_text(encoding="utf-8")
     assert "NaN" not in text  # NaN written as null: valid JSON
     payload = json.loads(text)
     assert payload["bootstrap_samples"] == 200 and len(payload["rows"]) == len(
         pd.read_csv(out / "summary.tsv", sep="\t")
     )
-    md = (out / "table.md").read_text()
+    md = (out / "table.md").read_text(encoding="utf-8")
     assert (
         md.index("| unet |")
         < md.index("| unet-ensemble |")
@@ -176,7 +176,7 @@ def test_cli_writes_the_outputs(tmp_path):
     from reproseg.aggregate import cli
 
     write_tsv(tmp_path / "metrics.tsv", _table())
-    (tmp_path / "cfg.yaml").write_text("evaluate:\n  bootstrap_samples: 100\n")
+    (tmp_path / "cfg.yaml").write_text("evaluate:\n  bootstrap_samples: 100\n", encoding="utf-8")
     rc = cli(
         [
             str(tmp_path / "metrics.tsv"),
@@ -187,5 +187,10 @@ def test_cli_writes_the_outputs(tmp_path):
         ]
     )
     assert rc == 0
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["bootstrap_samples"] == 100
-    assert (tmp_path / "eval" / "table.md").read_text().startswith("| method |")
+    assert (
+        json.loads((tmp_path / "eval" / "summary.json").read_text(encoding="utf-8"))[
+            "bootstrap_samples"
+        ]
+        == 100
+    )
+    assert (tmp_path / "eval" / "table.md").read_text(encoding="utf-8").startswith("| method |")

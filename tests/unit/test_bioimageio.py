@@ -77,7 +77,7 @@ def test_unsafe_zip_member_is_rejected(tmp_path: Path) -> None:
 
 def test_rdf_axes_and_preprocessing_match_training(exported: tuple[Path, dict]) -> None:
     run_dir, result = exported
-    rdf = yaml.safe_load((Path(result["folder"]) / "rdf.yaml").read_text())
+    rdf = yaml.safe_load((Path(result["folder"]) / "rdf.yaml").read_text(encoding="utf-8"))
     assert rdf["format_version"].startswith("0.5.")
     axes = rdf["inputs"][0]["axes"]
     assert [a["type"] for a in axes] == ["batch", "channel", "space", "space", "space"]
@@ -111,7 +111,7 @@ def test_readme_has_validation_table_and_cover_is_2_to_1(exported: tuple[Path, d
     import matplotlib.image
 
     _, result = exported
-    readme = (Path(result["folder"]) / "README.md").read_text()
+    readme = (Path(result["folder"]) / "README.md").read_text(encoding="utf-8")
     assert "# Validation" in readme and "| unet | 0.62 ± 0.05 |" in readme
     height, width = matplotlib.image.imread(Path(result["folder"]) / "cover.png").shape[:2]
     assert width == 2 * height
@@ -151,5 +151,5 @@ def test_tiny_run_package_passed(tiny_run: Path) -> None:
 
     zip_path = tiny_run / "results/publish/bioimageio/test-tiny.zip"
     assert "rdf.yaml" in bio.check_zip_members(zip_path)
-    summary = json.loads(zip_path.with_suffix(".test.json").read_text())
+    summary = json.loads(zip_path.with_suffix(".test.json").read_text(encoding="utf-8"))
     assert summary["status"] == "passed"

@@ -15,7 +15,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def test_committed_schema_matches_model() -> None:
-    committed = yaml.safe_load(SCHEMA.read_text())
+    committed = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
     assert committed == json_schema(), (
         "workflow/schemas/config.schema.yaml is stale: run `reproseg schema > "
         "workflow/schemas/config.schema.yaml`"
@@ -26,8 +26,8 @@ def test_committed_schema_matches_model() -> None:
     "path", sorted(p.relative_to(REPO) for p in (REPO / "config").rglob("*.yaml"))
 )
 def test_shipped_configs_validate(path: Path) -> None:
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    overlay = yaml.safe_load((REPO / path).read_text()) or {}
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    overlay = yaml.safe_load((REPO / path).read_text(encoding="utf-8")) or {}
     merged = _deep_merge(base, overlay)
     validate(merged, str(SCHEMA))  # what Snakemake does
     load_config(merged)  # what the library does
@@ -40,7 +40,7 @@ def test_default_config_matches_model_defaults() -> None:
 
 
 def test_every_key_in_default_config_is_commented() -> None:
-    lines = (REPO / "config" / "config.yaml").read_text().splitlines()
+    lines = (REPO / "config" / "config.yaml").read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", "- ")):
@@ -58,7 +58,7 @@ def test_every_key_in_default_config_is_commented() -> None:
 
 def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  epocs: 3\n")
+    bad.write_text("train:\n  epocs: 3\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"(?s)bad\.yaml.*epocs"):
         load_config(bad)
 

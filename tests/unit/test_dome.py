@@ -42,7 +42,7 @@ def test_all_21_fields_filled_with_evidence(run: Path, tmp_path: Path) -> None:
             assert f["value"].strip(), (section, name)
             assert f["evidence"], (section, name)
     assert read_json(tmp_path / "dome.json") == json.loads(json.dumps(rec))
-    md = (tmp_path / "dome.md").read_text()
+    md = (tmp_path / "dome.md").read_text(encoding="utf-8")
     assert "## Evaluation" in md and "ML reproducibility checklist" in md
 
 
@@ -69,13 +69,13 @@ def test_fields_come_from_the_run(run: Path, tmp_path: Path) -> None:
 def test_leaky_split_is_reported(run: Path, tmp_path: Path) -> None:
     splits = read_json(run / "splits/splits.json")
     splits["folds"][0]["train_subjects"].append("s05")  # the test subject
-    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    (tmp_path / "splits.json").write_text(json.dumps(splits), encoding="utf-8")
     rec = _build(run, tmp_path, splits_json=tmp_path / "splits.json")
     assert rec["dome"]["data"]["redundancy_between_splits"]["value"].startswith("REDUNDANT")
 
 
 def test_bad_summary_names_the_file(run: Path, tmp_path: Path) -> None:
-    (tmp_path / "summary.json").write_text(json.dumps({"rows": []}))
+    (tmp_path / "summary.json").write_text(json.dumps({"rows": []}), encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'summary.json'}: summary has no rows"):
         _build(run, tmp_path, summary_json=tmp_path / "summary.json")
 

@@ -207,7 +207,7 @@ def test_unknown_fold_case_and_baseline_raise(dataset):
 def test_cli_baseline(dataset, tmp_path):
     import yaml
 
-    Path("cfg.yaml").write_text(yaml.safe_dump({"labels": LABELS}))
+    Path("cfg.yaml").write_text(yaml.safe_dump({"labels": LABELS}), encoding="utf-8")
     rc = ev.cli(
         [
             "--config",

@@ -12,11 +12,11 @@ from reproseg import io
 
 def test_atomic_path_leaves_target_untouched_on_error(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
-    target.write_text("old")
+    target.write_text("old", encoding="utf-8")
     with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
-        tmp.write_text("half")
+        tmp.write_text("half", encoding="utf-8")
         raise RuntimeError("killed")
-    assert target.read_text() == "old"
+    assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
@@ -50,6 +50,6 @@ def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
     import os
     import stat
 
-    io.write_text(tmp_path / "r.html", "x")
+    io.write_text(tmp_path / "r.html", "x", encoding="utf-8")
     mode = stat.S_IMODE(os.stat(tmp_path / "r.html").st_mode)
     assert mode == 0o666 & ~io._UMASK

@@ -66,7 +66,7 @@ def test_nnunet_v2_labels_are_remapped_by_name(tmp_path: Path) -> None:
         layout="nnunetv2",
         labels=reversed_names,
     )
-    meta = json.loads((src / "dataset.json").read_text())
+    meta = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
     assert "training" not in meta and meta["labels"]["segment_VIII"] == 1
     df = run_ingest(_cfg("msd", src), tmp_path / "out")
     source = _data(src / "labelsTr" / "liver_000.nii.gz")
@@ -88,9 +88,9 @@ def test_msd_unknown_label_name(tmp_path: Path) -> None:
 
 def test_msd_multichannel_is_rejected(tmp_path: Path) -> None:
     src = make_msd_dataset(tmp_path / "ds", n_subjects=2, shape=(8, 8, 8))
-    meta = json.loads((src / "dataset.json").read_text())
+    meta = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
     meta["modality"] = {"0": "T1", "1": "T2"}
-    (src / "dataset.json").write_text(json.dumps(meta))
+    (src / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ValueError, match=r"dataset\.json: 2 input channels"):
         run_ingest(_cfg("msd", src), tmp_path / "out")
 
@@ -161,7 +161,8 @@ def test_table_one_row_per_annotator_tsv(tmp_path: Path) -> None:
     _, b = _write_case(tmp_path, "ct", seed=4, shift=2)
     (tmp_path / "t.tsv").write_text(
         "case_id\timage\tlabel\tannotator\tsubject_id\n"
-        f"c1\t{img.name}\t{a.name}\tann1\ts1\nc1\t{img.name}\t{b.name}\tann2\ts1\n"
+        f"c1\t{img.name}\t{a.name}\tann1\ts1\nc1\t{img.name}\t{b.name}\tann2\ts1\n",
+        encoding="utf-8",
     )
     df = run_ingest(_cfg("table", tmp_path / "t.tsv"), tmp_path / "out")
     assert list(df["case_id"]) == ["c1"] and df.iloc[0]["raters"] == "ann1;ann2"
@@ -172,17 +173,20 @@ def test_table_inconsistent_rows(tmp_path: Path) -> None:
     img, a = _write_case(tmp_path, "ct", seed=4)
     (tmp_path / "t.tsv").write_text(
         "case_id\timage\tlabel\tannotator\tsubject\n"
-        f"c1\t{img.name}\t{a.name}\tann1\ts1\nc1\t{img.name}\t{a.name}\tann2\ts2\n"
+        f"c1\t{img.name}\t{a.name}\tann1\ts1\nc1\t{img.name}\t{a.name}\tann2\ts2\n",
+        encoding="utf-8",
     )
     with pytest.raises(ValueError, match=r"t\.tsv: line 3: case c1 has two subjects"):
         run_ingest(_cfg("table", tmp_path / "t.tsv"), tmp_path / "out")
 
 
 def test_table_missing_columns_and_files(tmp_path: Path) -> None:
-    (tmp_path / "t.csv").write_text("img,label\na.nii.gz,b.nii.gz\n")
+    (tmp_path / "t.csv").write_text("img,label\na.nii.gz,b.nii.gz\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"t\.csv: needs an `image` column"):
         run_ingest(_cfg("table", tmp_path / "t.csv"), tmp_path / "out")
-    (tmp_path / "t.csv").write_text("image,label,subject\nmissing.nii.gz,b.nii.gz,s\n")
+    (tmp_path / "t.csv").write_text(
+        "image,label,subject\nmissing.nii.gz,b.nii.gz,s\n", encoding="utf-8"
+    )
     with pytest.raises(
         ValueError, match=r"case missing: .*missing\.nii\.gz: cannot read volume: file not found"
     ):
@@ -257,7 +261,9 @@ def test_dicom_and_nrrd_through_a_table(tmp_path: Path) -> None:
     _write_dicom_series(img, tmp_path / "ct")
     label = sitk.Cast(img > 500, sitk.sitkUInt8)
     sitk.WriteImage(label, str(tmp_path / "ct_seg.nrrd"))
-    (tmp_path / "t.csv").write_text("case_id,image,label,subject\nc0,ct,ct_seg.nrrd,s0\n")
+    (tmp_path / "t.csv").write_text(
+        "case_id,image,label,subject\nc0,ct,ct_seg.nrrd,s0\n", encoding="utf-8"
+    )
     df = run_ingest(_cfg("table", tmp_path / "t.csv"), tmp_path / "out")
     row = df.iloc[0]
     # ITK volumes read as LPS-like codes and are canonicalised to RAS by ingest.
@@ -268,7 +274,7 @@ def test_dicom_and_nrrd_through_a_table(tmp_path: Path) -> None:
 
 
 def test_read_volume_errors(tmp_path: Path) -> None:
-    (tmp_path / "x.nrrd").write_text("NRRD0004\ngarbage\n")
+    (tmp_path / "x.nrrd").write_text("NRRD0004\ngarbage\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"x\.nrrd: cannot read volume"):
         read_volume(tmp_path / "x.nrrd")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)), str(tmp_path / "t.nii"))
@@ -372,10 +378,12 @@ def test_ingest_cli_with_overlay(tmp_path: Path) -> None:
 
     src = make_msd_dataset(tmp_path / "ds", n_subjects=2, shape=(8, 8, 8))
     overlay = tmp_path / "local.yaml"
-    overlay.write_text(f"source:\n  kind: local\n  local:\n    path: {src}\n")
+    overlay.write_text(f"source:\n  kind: local\n  local:\n    path: {src}\n", encoding="utf-8")
     base = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
     out = tmp_path / "out"
     assert cli(["--config", str(base), "--config", str(overlay), "--out", str(out)]) == 0
     assert len(pd.read_csv(out / "manifest.tsv", sep="\t")) == 2
-    overlay.write_text(f"source:\n  kind: local\n  local:\n    path: {tmp_path / 'nowhere'}\n")
+    overlay.write_text(
+        f"source:\n  kind: local\n  local:\n    path: {tmp_path / 'nowhere'}\n", encoding="utf-8"
+    )
     assert cli(["--config", str(base), "--config", str(overlay), "--out", str(out)]) == 1

@@ -42,7 +42,7 @@ def test_rerun_gives_identical_bytes(tmp_path: Path) -> None:
     run_ingest(_cfg(src), out)
     second = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert first == second  # manifest, JSON and every NIfTI (gzip mtime fixed)
-    meta = json.loads((out / "manifest.json").read_text())
+    meta = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert meta["manifest_sha256"] == sha256_file(out / "manifest.tsv")
     assert meta["source"] == {"kind": "local", "settings": {"layout": "msd", "path": str(src)}}
     assert len(meta["rows"]) == 3 and meta["rows"][0]["case_id"] == "liver_000"
@@ -107,7 +107,7 @@ def test_duplicate_case_ids_and_missing_files(tmp_path: Path) -> None:
 def test_read_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"m\.tsv: manifest not found"):
         read_manifest(tmp_path / "m.tsv")
-    (tmp_path / "m.tsv").write_text("case_id\timage\nA\tx\n")
+    (tmp_path / "m.tsv").write_text("case_id\timage\nA\tx\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"m\.tsv: manifest lacks columns \['subject_id'"):
         read_manifest(tmp_path / "m.tsv")
 

@@ -91,7 +91,7 @@ def test_manifest_problems_name_the_file(run: Path, tmp_path: Path) -> None:
 
 def test_qc_excluded_cases_are_not_described(run: Path, tmp_path: Path) -> None:
     qc = read_json(run / "qc/qc.json") | {"excluded": ["s01_a"]}
-    (tmp_path / "qc.json").write_text(__import__("json").dumps(qc))
+    (tmp_path / "qc.json").write_text(__import__("json").dumps(qc), encoding="utf-8")
     record = build_dataset_metadata(
         run / "data/manifest.tsv",
         tmp_path / "qc.json",
@@ -106,7 +106,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     cfg = fake_config()
     write_resolved_config(cfg, tmp_path / "config.yaml")
     assert fake_config().model_dump(mode="json") == yaml.safe_load(
-        (tmp_path / "config.yaml").read_text()
+        (tmp_path / "config.yaml").read_text(encoding="utf-8")
     )
 
 

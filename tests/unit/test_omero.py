@@ -558,7 +558,8 @@ def test_cli_push_and_pull(
                     },
                 },
             }
-        )
+        ),
+        encoding="utf-8",
     )
     assert (
         om.cli(

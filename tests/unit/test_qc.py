@@ -72,9 +72,9 @@ def _qc_fails(manifest: Path, cfg: Config, out: Path) -> tuple[str, dict, pd.Dat
     with pytest.raises(ValueError) as err:
         run_qc(manifest, cfg, out)
     # The reports are written before the error is raised.
-    summary = json.loads((out / "qc.json").read_text())
+    summary = json.loads((out / "qc.json").read_text(encoding="utf-8"))
     table = pd.read_csv(out / "inputs.tsv", sep="\t")
-    assert (out / "qc.md").read_text().startswith("## Input quality control")
+    assert (out / "qc.md").read_text(encoding="utf-8").startswith("## Input quality control")
     assert summary["ok"] is False
     return str(err.value), summary, table
 
@@ -90,7 +90,7 @@ def test_valid_dataset_passes(ds: Dataset, tmp_path: Path) -> None:
     table = pd.read_csv(tmp_path / "qc" / "inputs.tsv", sep="\t")
     assert list(table["status"]) == ["ok"] * 3
     assert table["foreground_voxels"].gt(0).all()
-    assert "PASSED" in (tmp_path / "qc" / "qc.md").read_text()
+    assert "PASSED" in (tmp_path / "qc" / "qc.md").read_text(encoding="utf-8")
 
 
 def test_truncated_gzip(ds: Dataset, tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ def test_empty_foreground_exclude(ds: Dataset, tmp_path: Path) -> None:
     assert summary["ok"] and summary["excluded"] == ["case_0"]
     table = pd.read_csv(tmp_path / "qc" / "inputs.tsv", sep="\t")
     assert _status(table, "case_0") == "excluded"
-    assert "case_0" in (tmp_path / "qc" / "qc.md").read_text()
+    assert "case_0" in (tmp_path / "qc" / "qc.md").read_text(encoding="utf-8")
 
 
 def test_implausible_spacing(ds: Dataset, tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ def test_orientation_reorient_is_recorded(ds: Dataset, tmp_path: Path) -> None:
     ds.source_orientation["case_1"] = "LPS"  # ingest reoriented this case
     summary = run_qc(ds.write(), Config(), tmp_path / "qc")
     assert summary["ok"] and summary["reoriented"] == ["case_1"]
-    assert "Reoriented to RAS" in (tmp_path / "qc" / "qc.md").read_text()
+    assert "Reoriented to RAS" in (tmp_path / "qc" / "qc.md").read_text(encoding="utf-8")
 
 
 def test_orientation_fail_policy(ds: Dataset, tmp_path: Path) -> None:
@@ -303,7 +303,9 @@ def test_step_keeps_reports_next_to_log(ds: Dataset, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="foreground"):
         run_qc_step(smk, Config())
     for name in ("inputs.tsv", "qc.json", "qc.md"):
-        assert (tmp_path / "logs" / "qc" / name).read_text() == (out / name).read_text()
+        assert (tmp_path / "logs" / "qc" / name).read_text(encoding="utf-8") == (
+            out / name
+        ).read_text(encoding="utf-8")
 
 
 def test_cli_exit_code(ds: Dataset, tmp_path: Path) -> None:
@@ -311,7 +313,7 @@ def test_cli_exit_code(ds: Dataset, tmp_path: Path) -> None:
 
     manifest = ds.write()
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("qc:\n  empty_foreground: error\n")
+    cfg.write_text("qc:\n  empty_foreground: error\n", encoding="utf-8")
     assert (
         cli(["--manifest", str(manifest), "--config", str(cfg), "--out", str(tmp_path / "a")]) == 0
     )

@@ -152,4 +152,4 @@ def test_interrater_without_several_raters_writes_a_headed_empty_table(tmp_path)
     write_json(tmp_path / "splits.json", {"test": {"cases": ["c1"]}, "folds": []})
     out = tmp_path / "interrater.tsv"
     run_interrater(tmp_path / "manifest.tsv", tmp_path / "splits.json", [], LABELS, 2.0, out)
-    assert out.read_text().strip() == "\t".join(INTERRATER_COLUMNS)
+    assert out.read_text(encoding="utf-8").strip() == "\t".join(INTERRATER_COLUMNS)

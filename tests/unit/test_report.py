@@ -22,7 +22,7 @@ def _pngs(page: str) -> list[bytes]:
 def test_every_section_and_figure_is_present(tmp_path: Path) -> None:
     inp = report_inputs(tmp_path)
     out = build_report(inp, fake_config(), tmp_path / "results/report.html")
-    page = out.read_text()
+    page = out.read_text(encoding="utf-8")
     for anchor, title in SECTIONS:
         assert f'<section id="{anchor}">' in page and title in page
     pngs = _pngs(page)
@@ -61,7 +61,9 @@ def test_optional_inputs_missing(tmp_path: Path) -> None:
         configfiles=[],
     )
     write_tsv(inp.interrater_tsv, pd.read_csv(inp.interrater_tsv, sep="\t").iloc[0:0])
-    page = build_report(inp, fake_config(), tmp_path / "results/report.html").read_text()
+    page = build_report(inp, fake_config(), tmp_path / "results/report.html").read_text(
+        encoding="utf-8"
+    )
     for anchor, _ in SECTIONS:
         assert f'<section id="{anchor}">' in page
     assert "No inter-rater comparison" in page
@@ -78,14 +80,14 @@ def test_secret_from_environment_never_reaches_the_page(
     inp = report_inputs(tmp_path)
     # a careless upstream step leaked the secret into a QC warning
     qc = read_json(inp.qc_json) | {"warnings": ["token hunter2-very-secret seen"]}
-    inp.qc_json.write_text(__import__("json").dumps(qc))
-    page = build_report(inp, fake_config(), tmp_path / "r.html").read_text()
+    inp.qc_json.write_text(__import__("json").dumps(qc), encoding="utf-8")
+    page = build_report(inp, fake_config(), tmp_path / "r.html").read_text(encoding="utf-8")
     assert "hunter2-very-secret" not in page and "token *** seen" in page
 
 
 def test_bad_input_names_the_file(tmp_path: Path) -> None:
     inp = report_inputs(tmp_path)
-    inp.summary_tsv.write_text("method\tmetric\nunet\tdice\n")
+    inp.summary_tsv.write_text("method\tmetric\nunet\tdice\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{inp.summary_tsv}: lacks columns"):
         build_report(inp, fake_config(), tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
@@ -122,6 +124,6 @@ def test_cli_builds_the_report_from_a_results_folder(tmp_path: Path) -> None:
     inp = report_inputs(tmp_path)
     write_resolved_config(fake_config(), tmp_path / "config.yaml")
     rc = cli(["--config", str(tmp_path / "config.yaml"), "--results", str(tmp_path / "results")])
-    page = (tmp_path / "results/report.html").read_text()
+    page = (tmp_path / "results/report.html").read_text(encoding="utf-8")
     assert rc == 0 and len(_pngs(page)) == 4
     assert read_json(inp.splits_json)["sha256"] in page

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _graph(path: Path) -> dict[str, dict]:
-    return {e["@id"]: e for e in json.loads(path.read_text())["@graph"]}
+    return {e["@id"]: e for e in json.loads(path.read_text(encoding="utf-8"))["@graph"]}
 
 
 def _types(e: dict) -> list[str]:
@@ -39,7 +39,7 @@ def _types(e: dict) -> list[str]:
 def crate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
     res = make_fake_run(root)
-    (res / "report.html").write_text("<html><body>report</body></html>")
+    (res / "report.html").write_text("<html><body>report</body></html>", encoding="utf-8")
     (res / "models/unet/fold0/seed0/checkpoint.pt").write_bytes(b"resumable state")
     write_resolved_config(fake_config(), res / "metadata/config.yaml")
     make_crate(fake_config(), root, REPO, res / "ro-crate-metadata.json", res / "ro-crate.zip")
@@ -74,11 +74,11 @@ def test_crate_is_a_valid_workflow_run_crate(crate: Path) -> None:
 def test_an_invalid_crate_is_reported(crate: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    meta = json.loads((crate / "ro-crate-metadata.json").read_text())
+    meta = json.loads((crate / "ro-crate-metadata.json").read_text(encoding="utf-8"))
     for e in meta["@graph"]:
         if e["@id"] == "./":
             del e["mainEntity"], e["license"]
-    (broken / "ro-crate-metadata.json").write_text(json.dumps(meta))
+    (broken / "ro-crate-metadata.json").write_text(json.dumps(meta), encoding="utf-8")
     assert validate_crate(broken, "workflow-run-crate-0.5", "REQUIRED")
 
 
@@ -106,7 +106,7 @@ def test_zip_is_safe_and_matches(crate: Path) -> None:
         meta = json.loads(zf.read("ro-crate-metadata.json"))
     assert all(not n.startswith("/") and ".." not in Path(n).parts for n in names)
     assert "report.html" in names and "workflow/workflow/Snakefile" in names
-    assert meta == json.loads((crate / "ro-crate-metadata.json").read_text())
+    assert meta == json.loads((crate / "ro-crate-metadata.json").read_text(encoding="utf-8"))
 
 
 def test_snakemake_metadata_gives_the_jobs(tmp_path: Path) -> None:
@@ -114,7 +114,8 @@ def test_snakemake_metadata_gives_the_jobs(tmp_path: Path) -> None:
     (tmp_path / "Snakefile").write_text(
         "rule all:\n    input: expand('out/b_{i}.txt', i=[1, 2])\n"
         "rule a:\n    output: 'out/a.txt', 'out/a2.txt'\n    shell: 'echo a > {output[0]}; echo a > {output[1]}'\n"
-        "rule b:\n    input: 'out/a.txt'\n    output: 'out/b_{i}.txt'\n    shell: 'cat {input} > {output}'\n"
+        "rule b:\n    input: 'out/a.txt'\n    output: 'out/b_{i}.txt'\n    shell: 'cat {input} > {output}'\n",
+        encoding="utf-8",
     )
     subprocess.run(
         [str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "--quiet"],
@@ -145,7 +146,7 @@ def test_secrets_never_get_into_the_crate(tmp_path: Path, monkeypatch: pytest.Mo
         blob = b"".join(zf.read(n) for n in zf.namelist())
     assert b"s3cr3t" not in blob
     # a step that leaked a credential into its output stops the crate, naming the file
-    (res / "qc/qc.md").write_text("connected with password s3cr3t-omero-pw\n")
+    (res / "qc/qc.md").write_text("connected with password s3cr3t-omero-pw\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"qc\.md: contains the value of \$OMERO_PASSWORD"):
         make_crate(
             fake_config(), root, REPO, res / "ro-crate-metadata.json", res / "ro-crate.zip", jobs
@@ -216,4 +217,4 @@ def test_workflow_files_used_as_inputs_point_to_the_snapshot(tmp_path: Path) -> 
         "eval/summary.tsv",
         "workflow/requirements.lock",
     }
-    assert str(REPO) not in (res / "ro-crate-metadata.json").read_text()
+    assert str(REPO) not in (res / "ro-crate-metadata.json").read_text(encoding="utf-8")

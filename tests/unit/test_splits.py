@@ -160,7 +160,7 @@ def test_run_split_leaves_out_qc_excluded_and_reuses_fixed_file(tmp_path: Path) 
     write_json(qc, {"ok": True, "excluded": ["liver_004_s0"]})
     out = tmp_path / "splits.json"
     splits = run_split(manifest, qc, out, SplitConfig(seed=3))
-    assert json.loads(out.read_text()) == splits
+    assert json.loads(out.read_text(encoding="utf-8")) == splits
     assert "liver_004_s0" not in placement(splits)
     assert splits["method"] == "grouped-hash-v1" and len(splits["manifest_sha256"]) == 64
 

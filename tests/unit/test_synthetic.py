@@ -265,7 +265,7 @@ def test_cli_writes_dataset_and_case_list(tmp_path: Path) -> None:
         ]
     )
     assert rc == 0
-    cases = json.loads((out / "cases.json").read_text())["cases"]
+    cases = json.loads((out / "cases.json").read_text(encoding="utf-8"))["cases"]
     assert len(cases) >= 2
     assert sorted(cases[0]["rater_labels"]) == ["rater0", "rater1", "rater2"]
     assert all(Path(c["image"]).is_file() for c in cases)

@@ -154,7 +154,7 @@ def test_cli_killed_by_env_hook_then_resumed(dataset, reference, tmp_path: Path)
     """The REPROSEG_STOP_AFTER_STEPS hook through the real CLI in a subprocess."""
     root, manifest, splits = dataset
     cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text(yaml.safe_dump(CFG_DICT))
+    cfg_file.write_text(yaml.safe_dump(CFG_DICT), encoding="utf-8")
     cmd = [
         sys.executable,
         "-m",

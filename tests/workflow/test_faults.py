@@ -61,8 +61,32 @@ def snakemake_cmd(workdir: Path, configfiles: list[Path], *args: str) -> list[st
 
 
 def write_overlay(path: Path, overlay: dict) -> Path:
-    path.write_text(yaml.safe_dump(overlay))
+    path.write_text(yaml.safe_dump(overlay), encoding="utf-8")
     return path
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs of the live (non-zombie) processes of process group ``pgid``, from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid pgrp ...: comm may contain spaces, so split after ")".
+            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def wait_group_gone(pgid: int, timeout: float = 30.0) -> bool:
+    """Wait until no live process is left in process group ``pgid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not live_group_members(pgid):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def model_digest(path: Path) -> dict:
@@ -110,22 +134,31 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path) -> Non
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert killed, (
-        "training never wrote a checkpoint:\n" + (tmp_path / "killed.log").read_text()[-4000:]
+        "training never wrote a checkpoint:\n"
+        + (tmp_path / "killed.log").read_text(encoding="utf-8")[-4000:]
     )
     assert not (work / MODEL).exists(), "the kill came too late: training had finished"
-    # No process of the killed group survives.
-    time.sleep(0.5)
-    assert (
-        subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, check=False).returncode
-        == 1
-    )
+    # No process of the killed group survives (zombies waiting to be reaped do not count).
+    assert wait_group_gone(proc.pid), "processes of the killed run are still alive"
 
-    # Same command again (the profile has rerun-incomplete): completes and resumes.
+    # A SIGKILLed Snakemake cannot remove its lock: `--unlock` once (Snakemake's documented
+    # recovery), then the same command (the profile has rerun-incomplete) completes, resuming.
+    unlock = subprocess.run(
+        [*cmd, "--unlock"],
+        cwd=work,
+        env=snakemake_env(),
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert unlock.returncode == 0, unlock.stderr[-4000:]
     rerun = subprocess.run(
         cmd, cwd=work, env=snakemake_env(), text=True, capture_output=True, check=False
     )
     assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-8000:]
-    train_logs = "".join(p.read_text() for p in (work / "logs").rglob("*.log") if "train" in str(p))
+    train_logs = "".join(
+        p.read_text(encoding="utf-8") for p in (work / "logs").rglob("*.log") if "train" in str(p)
+    )
     assert re.search(r"resuming from .*checkpoint\.pt at epoch [1-5]\b", train_logs), train_logs[
         -3000:
     ]
@@ -210,7 +243,7 @@ def test_library_code_change_reruns_its_step(finished_run: Path, tmp_path: Path)
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "Snakefile", repo / "Snakefile")  # (the shim, for completeness)
     module = repo / "src" / "reproseg" / "aggregate.py"
-    module.write_text(module.read_text() + "\n# a code change\n")
+    module.write_text(module.read_text(encoding="utf-8") + "\n# a code change\n")
     triggers = ("--rerun-triggers", "mtime", "params")
     unchanged = planned_jobs(finished_run, args=triggers)
     assert unchanged == {}, unchanged
@@ -222,13 +255,13 @@ def test_library_code_change_reruns_its_step(finished_run: Path, tmp_path: Path)
 def test_code_hash_follows_module_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = tmp_path / "fakepkg_codehash"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("", encoding="utf-8")
     mod = pkg / "step.py"
-    mod.write_text("def f():\n    return 1\n")
+    mod.write_text("def f():\n    return 1\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     before = code_hash("fakepkg_codehash.step")
     assert code_hash("fakepkg_codehash.step") == before  # stable
-    mod.write_text("def f():\n    return 2\n")
+    mod.write_text("def f():\n    return 2\n", encoding="utf-8")
     assert code_hash("fakepkg_codehash.step") != before
     with pytest.raises(ValueError, match="fakepkg_codehash.missing"):
         code_hash("fakepkg_codehash.missing")
@@ -237,7 +270,7 @@ def test_code_hash_follows_module_source(tmp_path: Path, monkeypatch: pytest.Mon
 def test_every_rule_has_a_code_hash_param() -> None:
     """Each rule (except `all`) carries `code=...code_hash...` in its params."""
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        text = smk.read_text()
+        text = smk.read_text(encoding="utf-8")
         for name, body in re.findall(
             r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, flags=re.MULTILINE
         ):
@@ -251,7 +284,9 @@ LARGE_OUTPUTS = ("manifest.tsv", "model.pt", "metrics.tsv", "summary.tsv", "repo
 
 
 def test_large_outputs_are_ensured_non_empty() -> None:
-    text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    text = "\n".join(
+        p.read_text(encoding="utf-8") for p in (REPO / "workflow" / "rules").glob("*.smk")
+    )
     ensured = re.findall(r'ensure\(\s*"([^"]+)"\s*,\s*non_empty=True', text)
     for name in LARGE_OUTPUTS:
         assert any(path.endswith(name) for path in ensured), (

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 TEST_CFG = load_config(
     {
-        **__import__("yaml").safe_load((REPO / "config" / "test.yaml").read_text()),
+        **__import__("yaml").safe_load((REPO / "config" / "test.yaml").read_text(encoding="utf-8")),
     }
 )
 
@@ -80,7 +80,7 @@ def test_every_training_job_produced_a_model_and_curve(tiny_run: Path) -> None:
                 history = pd.read_csv(d / "history.tsv", sep="\t")
                 assert len(history) == TEST_CFG.train.epochs
                 assert np.isfinite(history["loss"]).all()
-                env = json.loads((d / "environment.json").read_text())
+                env = json.loads((d / "environment.json").read_text(encoding="utf-8"))
                 assert "torch" in json.dumps(env)
                 assert (tiny_run / f"logs/train/{model}_fold{fold}_seed{seed}.log").stat().st_size
 
@@ -121,7 +121,7 @@ def test_predictions_are_label_volumes_on_the_image_grid(tiny_run: Path) -> None
 
 
 def test_report_has_the_results(tiny_run: Path) -> None:
-    html = (tiny_run / "results/report.html").read_text()
+    html = (tiny_run / "results/report.html").read_text(encoding="utf-8")
     assert "<table" in html and "dice" in html.lower()
     assert "data:image/png;base64," in html
     assert read_json(tiny_run / "results/splits/splits.json")["sha256"] in html

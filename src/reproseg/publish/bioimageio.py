@@ -167,7 +167,11 @@ def _readme(
 ) -> str:
     """Model card: what it does, how to use it, axis convention, training and validation."""
     table = results / "eval" / "table.md"
-    table_md = table.read_text().strip() if table.is_file() else "(no results table was found)"
+    table_md = (
+        table.read_text(encoding="utf-8").strip()
+        if table.is_file()
+        else "(no results table was found)"
+    )
     pre = ckpt["preprocessing"]
     labels = ", ".join(
         f"{k}: {v}" for k, v in sorted(ckpt["labels"].items(), key=lambda kv: int(kv[0]))
@@ -461,8 +465,10 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         traced = torch.jit.trace(net_zyx, example)
     traced.save(str(put("weights_zyx.torchscript.pt")))
     _cover(test_input[0, 0], test_output[0], put("cover.png"), n_out)
-    put("README.md").write_text(_readme(cfg, final, job, ckpt, results, case_id, n_out))
-    put("training_data.md").write_text(_training_data_md(cfg, results, splits))
+    put("README.md").write_text(
+        _readme(cfg, final, job, ckpt, results, case_id, n_out), encoding="utf-8"
+    )
+    put("training_data.md").write_text(_training_data_md(cfg, results, splits), encoding="utf-8")
 
     pre = ckpt["preprocessing"]
     torch_version = torch.__version__.split("+")[0]
@@ -571,7 +577,7 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         "config": _bioimageio_config(cfg, final, job, ckpt, results, count_parameters(net)),
     }
     rdf_path = package_dir / "rdf.yaml"
-    rdf_path.write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True))
+    rdf_path.write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return rdf_path
 
 

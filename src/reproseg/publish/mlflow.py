@@ -621,7 +621,9 @@ def publish_mlflow(
 
         # Parent artifacts: the run's identity and results, and the final model's plain weights.
         resolved = tmp / "config.yaml"
-        resolved.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        resolved.write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
         weights = tmp / "weights.pt"
         _write_weights(final, weights, run_key)
         final_json = tmp / "final_model.json"
@@ -637,7 +639,8 @@ def publish_mlflow(
                 },
                 indent=2,
                 sort_keys=True,
-            )
+            ),
+            encoding="utf-8",
         )
         artifacts = [
             _Artifact(resolved, "config"),

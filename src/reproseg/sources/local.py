@@ -318,7 +318,7 @@ def load_msd(path: Path, labels: dict[int, str], raw_dir: Path) -> list[CaseReco
     if not dj.exists():
         raise ValueError(f"{dj}: not found (source.local.layout is msd)")
     try:
-        meta = json.loads(dj.read_text())
+        meta = json.loads(dj.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{dj}: cannot read JSON: {exc}") from exc
     channels = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
