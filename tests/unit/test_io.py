@@ -50,6 +50,6 @@ def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
     import os
     import stat
 
-    io.write_text(tmp_path / "r.html", "x", encoding="utf-8")
+    io.write_text(tmp_path / "r.html", "x")
     mode = stat.S_IMODE(os.stat(tmp_path / "r.html").st_mode)
     assert mode == 0o666 & ~io._UMASK
