@@ -37,7 +37,9 @@ rule evaluate:
         manifest="results/data/manifest.tsv",
         splits="results/splits/splits.json",
     output:
-        metrics="results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv",
+        metrics=ensure(
+            "results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv", non_empty=True
+        ),
         predictions=directory("results/predictions/{model}/fold{fold}/seed{seed}"),
     log:
         "logs/evaluate/{model}_fold{fold}_seed{seed}.log",
@@ -65,7 +67,9 @@ rule evaluate_ensemble:
         manifest="results/data/manifest.tsv",
         splits="results/splits/splits.json",
     output:
-        metrics="results/eval/{model}/ensemble/seed{seed}/metrics.tsv",
+        metrics=ensure(
+            "results/eval/{model}/ensemble/seed{seed}/metrics.tsv", non_empty=True
+        ),
         predictions=directory("results/predictions/{model}/ensemble/seed{seed}"),
     log:
         "logs/evaluate_ensemble/{model}_seed{seed}.log",
@@ -90,7 +94,9 @@ rule evaluate_baseline:
         manifest="results/data/manifest.tsv",
         splits="results/splits/splits.json",
     output:
-        metrics="results/eval/baseline_{baseline}/fold{fold}/metrics.tsv",
+        metrics=ensure(
+            "results/eval/baseline_{baseline}/fold{fold}/metrics.tsv", non_empty=True
+        ),
         params="results/eval/baseline_{baseline}/fold{fold}/params.json",
     log:
         "logs/evaluate_baseline/{baseline}_fold{fold}.log",
@@ -143,7 +149,7 @@ rule aggregate:
     output:
         per_case="results/eval/per_case.tsv",
         summary=report(
-            "results/eval/summary.tsv",
+            ensure("results/eval/summary.tsv", non_empty=True),
             category="Evaluation",
             caption="../report/summary.rst",
             labels={"table": "summary: fold std vs seed std"},

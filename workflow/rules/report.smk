@@ -50,7 +50,7 @@ rule report:
         template=str(REPO_DIR / "src" / "reproseg" / "templates" / "report.html.j2"),
     output:
         html=report(
-            "results/report.html",
+            ensure("results/report.html", non_empty=True),
             category="Report",
             caption="../report/report.rst",
         ),
