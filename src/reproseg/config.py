@@ -283,6 +283,37 @@ def load_config(path: str | Path | dict[str, Any]) -> Config:
         raise ValueError(f"{p}: invalid config:\n{exc}") from exc
 
 
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``overlay`` into ``base`` key by key, as Snakemake merges ``--configfile`` files."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config_files(paths: list[str | Path]) -> Config:
+    """Validate the merge of several YAML files, later ones overriding earlier ones.
+
+    The command-line twin of ``snakemake --configfile a.yaml b.yaml``.
+    """
+    if len(paths) == 1:
+        return load_config(paths[0])
+    data: dict[str, Any] = {}
+    for path in paths:
+        try:
+            part = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config: {exc}") from exc
+        data = deep_merge(data, part)
+    try:
+        return load_config(data)
+    except Exception as exc:  # pydantic.ValidationError: name the files
+        raise ValueError(f"{', '.join(map(str, paths))}: invalid config:\n{exc}") from exc
+
+
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the config, as committed in workflow/schemas/config.schema.yaml."""
     schema = Config.model_json_schema()

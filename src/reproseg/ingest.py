@@ -23,9 +23,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import yaml
 
-from reproseg.config import Config, load_config
+from reproseg.config import Config, load_config_files
 from reproseg.io import load_nifti, orientation_code, save_nifti
 from reproseg.logs import get_logger, setup_logging
 from reproseg.manifest import build_manifest, describe_case, write_manifest
@@ -160,33 +159,6 @@ def run_ingest_step(snakemake: Any, cfg: Config) -> None:
     run_ingest(cfg, out_dir)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def load_merged_config(paths: list[str]) -> Config:
-    """Validate the deep merge of several YAML files, later ones overriding (like ``--configfile``)."""
-    if len(paths) == 1:
-        return load_config(paths[0])
-    data: dict[str, Any] = {}
-    for path in paths:
-        try:
-            part = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read config: {exc}") from exc
-        data = _deep_merge(data, part)
-    try:
-        return load_config(data)
-    except Exception as exc:
-        raise ValueError(f"{', '.join(paths)}: invalid config:\n{exc}") from exc
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg ingest --config FILE [--config OVERLAY] [--out DIR]``."""
     parser = argparse.ArgumentParser(prog="reproseg ingest", description=__doc__.splitlines()[0])
@@ -202,7 +174,7 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        df = run_ingest(load_merged_config(args.config), args.out)
+        df = run_ingest(load_config_files(args.config), args.out)
     except ValueError as exc:
         log.error("%s", exc)
         return 1

@@ -519,7 +519,7 @@ def run_qc_step(snakemake: Any, cfg: Config) -> None:
 
 def cli(argv: list[str]) -> int:
     """``reproseg qc --manifest results/data/manifest.tsv --config FILE [--out results/qc]``."""
-    from reproseg.ingest import load_merged_config
+    from reproseg.config import load_config_files
 
     parser = argparse.ArgumentParser(prog="reproseg qc", description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", default="results/data/manifest.tsv", help="manifest.tsv")
@@ -530,7 +530,7 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        summary = run_qc(args.manifest, load_merged_config(args.config), args.out)
+        summary = run_qc(args.manifest, load_config_files(args.config), args.out)
     except ValueError as exc:
         log.error("%s", exc)
         return 1

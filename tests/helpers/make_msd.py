@@ -16,18 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from reproseg.config import COUINAUD_LABELS
+
 #: The config's default label map (config/config.yaml): background + 8 Couinaud segments.
-SEGMENTS = {
-    0: "background",
-    1: "segment_I",
-    2: "segment_II",
-    3: "segment_III",
-    4: "segment_IVa_b",
-    5: "segment_V",
-    6: "segment_VI",
-    7: "segment_VII",
-    8: "segment_VIII",
-}
+SEGMENTS = dict(COUINAUD_LABELS)
 
 
 def make_case(

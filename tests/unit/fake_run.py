@@ -21,6 +21,7 @@ from reproseg.io import (
     write_text,
     write_tsv,
 )
+from reproseg.raters import INTERRATER_COLUMNS
 
 LABELS = {0: "background", 1: "left", 2: "right"}
 SUBJECTS = ["s01", "s02", "s03", "s04", "s05"]
@@ -296,21 +297,7 @@ def make_fake_run(root: Path, cfg: Config | None = None, interrater: bool = True
         res / "eval/interrater.tsv",
         pd.DataFrame(
             ir_rows,
-            columns=[
-                "case_id",
-                "class_name",
-                "pair",
-                "kind",
-                "dice",
-                "hd95_mm",
-                "nsd",
-                "class_index",
-                "split",
-                "method",
-                "fold",
-                "seed",
-                "rater",
-            ],
+            columns=INTERRATER_COLUMNS,
         ),
     )
     for case in CASES["s05"]:

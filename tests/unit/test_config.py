@@ -8,7 +8,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from reproseg.config import Config, json_schema, load_config
+from reproseg.config import Config, deep_merge, json_schema, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -28,7 +28,7 @@ def test_committed_schema_matches_model() -> None:
 def test_shipped_configs_validate(path: Path) -> None:
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     overlay = yaml.safe_load((REPO / path).read_text(encoding="utf-8")) or {}
-    merged = _deep_merge(base, overlay)
+    merged = deep_merge(base, overlay)
     validate(merged, str(SCHEMA))  # what Snakemake does
     load_config(merged)  # what the library does
 
@@ -66,13 +66,3 @@ def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
 def test_labels_need_background() -> None:
     with pytest.raises(ValueError, match="background"):
         Config.model_validate({"labels": {1: "liver"}})
-
-
-def _deep_merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -1063,11 +1063,11 @@ def cli(argv: list[str]) -> int:
     up.add_argument("--workdir", default=".")
 
     args = parser.parse_args(argv)
-    from reproseg.ingest import load_merged_config
+    from reproseg.config import load_config_files
     from reproseg.logs import setup_logging
 
     setup_logging()
-    config = load_merged_config(args.config or ["config/config.yaml"])
+    config = load_config_files(args.config or ["config/config.yaml"])
     overrides = {k: getattr(args, k) for k in ("host", "port", "user", "group") if getattr(args, k)}
     cfg = config.source.omero.model_copy(update=overrides)
     try:
