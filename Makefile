@@ -15,6 +15,11 @@ export PYTHONUTF8 := 1
 .PHONY: run test lint lock system-deps benchmarks clean
 
 run: $(STAMP)
+	@# A SIGKILLed run leaves Snakemake's directory lock behind; when no Snakemake is running,
+	@# the lock is stale: release it so that rerunning `make run` simply resumes.
+	@if [ -n "$$(ls -A .snakemake/locks 2>/dev/null)" ] && ! pgrep -f 'bin/snakemake' >/dev/null; then \
+		echo "make run: releasing the stale lock of an interrupted run"; \
+		$(BIN)/snakemake --unlock --profile profiles/default >/dev/null; fi
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
 
 test: $(STAMP) system-deps
