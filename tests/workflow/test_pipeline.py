@@ -138,12 +138,15 @@ def test_pipeline_runs_from_a_local_msd_dataset(tmp_path: Path) -> None:
     make_msd_dataset(
         tmp_path / "data/TinyLiver", n_subjects=6, scans_per_subject=2, shape=(32, 32, 32)
     )
+    no_publish = tmp_path / "no_publish.yaml"
+    no_publish.write_text(
+        "publish:\n  mlflow: {enabled: false}\n  bioimageio: {enabled: false}\n",
+        encoding="utf-8",
+    )
     run_snakemake(
         tmp_path,
         "results/eval/summary.tsv",
-        "--config",
-        "publish={'mlflow': {'enabled': False}, 'bioimageio': {'enabled': False}}",
-        configfiles=("config/test.yaml", "config/examples/local_msd.yaml"),
+        configfiles=("config/test.yaml", "config/examples/local_msd.yaml", str(no_publish)),
     )
     manifest = pd.read_csv(tmp_path / "results/data/manifest.tsv", sep="\t")
     assert len(manifest) == 12
