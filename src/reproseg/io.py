@@ -137,6 +137,21 @@ def sha256_array(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def save_torch(path: str | Path, obj: Any) -> None:
+    """Atomically ``torch.save`` an object with reproducible bytes.
+
+    ``torch.save`` to a file names the zip's inner folder after the file, so writing through
+    a temporary name would give different bytes each time; saving to memory does not.
+    """
+    import io as _io
+
+    import torch
+
+    buffer = _io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
 def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     """Atomically write a NIfTI file with a reproducible byte stream.
 

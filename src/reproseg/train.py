@@ -50,6 +50,7 @@ from reproseg.io import (
     atomic_path,
     read_json,
     read_tsv,
+    save_torch,
     sha256_file,
     sha256_json,
     write_json,
@@ -451,8 +452,7 @@ def train_model(
         "weights_sha256": state_dict_sha256(best["state_dict"]),
         "final_weights_sha256": state_dict_sha256(model.state_dict()),
     }
-    with atomic_path(outputs.model) as tmp:
-        torch.save(meta, tmp)
+    save_torch(outputs.model, meta)
     write_tsv(
         outputs.history,
         pd.DataFrame(history, columns=["epoch", "loss", "val_dice", "seconds", "lr"]),
@@ -505,8 +505,7 @@ def _save_checkpoint(
         # the data stream of the next epoch is fully determined by this seed
         "data": {"next_epoch": epoch + 1, "next_epoch_seed": epoch_seed(seed, epoch + 1)},
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(path, state)
 
 
 def _stop_after_env() -> int | None:

@@ -53,3 +53,14 @@ def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
     io.write_text(tmp_path / "r.html", "x")
     mode = stat.S_IMODE(os.stat(tmp_path / "r.html").st_mode)
     assert mode == 0o666 & ~io._UMASK
+
+
+def test_save_torch_bytes_do_not_depend_on_the_temporary_name(tmp_path: Path) -> None:
+    import torch
+
+    obj = {"w": torch.arange(6.0).reshape(2, 3), "epoch": 3}
+    io.save_torch(tmp_path / "a.pt", obj)
+    io.save_torch(tmp_path / "sub" / "model.pt", obj)
+    assert io.sha256_file(tmp_path / "a.pt") == io.sha256_file(tmp_path / "sub" / "model.pt")
+    back = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert torch.equal(back["w"], obj["w"]) and back["epoch"] == 3

@@ -41,7 +41,15 @@ import yaml
 
 import reproseg
 from reproseg.config import Config, ModelConfig, load_config
-from reproseg.io import atomic_path, load_nifti, read_json, read_tsv, sha256_file, write_json
+from reproseg.io import (
+    atomic_path,
+    load_nifti,
+    read_json,
+    read_tsv,
+    save_torch,
+    sha256_file,
+    write_json,
+)
 from reproseg.logs import get_logger
 from reproseg.publish.common import (
     FinalModel,
@@ -452,7 +460,7 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
     np.save(put("test_output.npy"), test_output)
     _write_tif(put("sample_input.tif"), test_input)
     _write_tif(put("sample_output.tif"), test_output)
-    torch.save(net_zyx.state_dict(), put("weights_zyx.pt"))
+    save_torch(put("weights_zyx.pt"), net_zyx.state_dict())
     example = torch.from_numpy(
         preprocess_image(volume_xyz, ckpt["preprocessing"]).transpose(2, 1, 0)[None, None].copy()
     )
