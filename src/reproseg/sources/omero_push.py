@@ -29,7 +29,7 @@ import numpy as np
 from reproseg.config import OmeroSource
 from reproseg.io import load_nifti, sha256_file, spacing_from_affine
 from reproseg.logs import get_logger
-from reproseg.manifest import parse_rater_labels, read_manifest
+from reproseg.manifest import MANIFEST_COLUMNS, parse_rater_labels, read_manifest
 from reproseg.sources.omero import (
     AFFINE_KEY,
     NS_CLIENT_MAP,
@@ -49,26 +49,7 @@ log = get_logger("sources.omero_push")
 
 _URI_RE = re.compile(r"^omero://(?P<host>[^/]+)/Image:(?P<id>\d+)$")
 #: Manifest columns that are derived, not source metadata (not copied as key-values).
-_DERIVED = {
-    "image",
-    "label",
-    "raters",
-    "rater_labels",
-    "shape",
-    "spacing",
-    "orientation",
-    "dtype",
-    "intensity_min",
-    "intensity_max",
-    "source_orientation",
-    "image_sha256",
-    "label_sha256",
-    "pixel_sha256",
-    "case_id",
-    "subject_id",
-    "annotator",
-    "source_uri",
-}
+_DERIVED = frozenset(MANIFEST_COLUMNS)
 
 
 def parse_source_uri(uri: str) -> tuple[str, int] | None:
