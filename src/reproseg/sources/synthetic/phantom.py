@@ -32,21 +32,13 @@ gives byte-identical files (``reproseg.io.save_nifti`` gzips with ``mtime=0``).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
-
-from reproseg.config import COUINAUD_LABELS, SyntheticSource
-from reproseg.io import save_nifti, write_json
-from reproseg.sources.base import CaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +74,6 @@ SCANNERS: dict[str, dict[str, Any]] = {
         "z_cover": (195.0, 225.0),
     },
 }
-
-#: Purposes of the per-case random streams (the last element of the seed sequence).
-_STREAM_ANATOMY, _STREAM_SCAN, _STREAM_NOISE, _STREAM_FOLLOWUP = 0, 1, 2, 3
-_STREAM_RATER = 100  # + rater index
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,62 +406,86 @@ def _liver_fields(u: np.ndarray, an: Anatomy) -> dict[str, np.ndarray]:
     }
 
 
-def render(
-    anatomy: Anatomy,
-    scan: Scan,
-    shape: tuple[int, int, int],
-    rng: np.random.Generator,
-) -> SyntheticVolume:
-    """Render one scan to an int16 HU image and its uint8 truth label on a ``shape`` grid.
+@dataclass
+class _Frame:
+    """The voxel grid of one scan in the patient's anatomical frame, and the body layout.
 
-    Tissue classes are evaluated at voxel centres (the label is exactly that map); the image
-    is then blurred with the scanner's point-spread function (partial-volume effect), biased
-    and made noisy. ``rng`` supplies only the noise, so the label never depends on it.
+    ``ax2``/``ay2`` have shape (X, Y, 1) and ``az`` (1, 1, Z): every mask is built by
+    broadcasting, so only the arrays that really are 3D cost a full volume.
     """
-    an, sp = anatomy, scan.spacing
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    ax2: np.ndarray
+    ay2: np.ndarray
+    az: np.ndarray
+    cos_yaw: float
+    sin_yaw: float
+    rad: np.ndarray | None = None  # normalised body radius, 1 at the skin
+    depth: np.ndarray | None = None  # depth below the skin (mm)
+    cavity: np.ndarray | None = None  # inside the abdominal/thoracic wall
+    diaphragm: np.ndarray | None = None  # height of the diaphragm (mm), (X, Y, 1)
+    abdomen: np.ndarray | None = None  # cavity below the diaphragm
+
+
+def _frame(scan: Scan, shape: tuple[int, int, int]) -> _Frame:
+    """Voxel-centre coordinates in the anatomical frame (world minus the pose on the table)."""
+    sp = scan.spacing
     affine = _affine(shape, sp)
     axes = [affine[i, 3] + sp[i] * np.arange(shape[i], dtype=np.float32) for i in range(3)]
-    # Anatomical frame = world frame minus the patient's pose on the table.
     cy, sy = math.cos(scan.yaw), math.sin(scan.yaw)
     wx = axes[0][:, None] - scan.shift[0]
     wy = axes[1][None, :] - scan.shift[1]
     ax2 = (cy * wx + sy * wy).astype(np.float32)[:, :, None]  # (X, Y, 1)
     ay2 = (-sy * wx + cy * wy).astype(np.float32)[:, :, None]
     az = (axes[2] - scan.shift[2]).astype(np.float32)[None, None, :]  # (1, 1, Z)
+    return _Frame(shape, sp, affine, ax2, ay2, az, cy, sy)
 
-    # --- body wall: superellipse outline, fat, muscle; slightly wider caudally ---------------
+
+def _render_body(an: Anatomy, scan: Scan, fr: _Frame) -> np.ndarray:
+    """Air, the body wall (superelliptic outline, fat, muscle; slightly wider caudally) and
+    the mesenteric fat and bowel loops of the cavity. Sets ``fr.rad/depth/cavity``."""
+    ax2, ay2, az = fr.ax2, fr.ay2, fr.az
     grow = 1.0 - 0.0006 * az
     half_b = np.where(ay2 >= 0, an.body_b, 0.95 * an.body_b).astype(np.float32)
     a, b, pw = an.body_a * grow, half_b * grow, an.body_p
-    rad = (np.abs(ax2 / a) ** pw + np.abs(ay2 / b) ** pw) ** (1.0 / pw)  # 1 at the skin
+    fr.rad = (np.abs(ax2 / a) ** pw + np.abs(ay2 / b) ** pw) ** (1.0 / pw)  # 1 at the skin
     mean_r = 0.5 * (an.body_a + an.body_b)
-    depth = (1.0 - rad) * mean_r  # approximate depth below the skin (mm)
-    img = np.full(shape, -1000.0, dtype=np.float32)
+    fr.depth = depth = (1.0 - fr.rad) * mean_r  # approximate depth below the skin (mm)
+    img = np.full(fr.shape, -1000.0, dtype=np.float32)
     img[depth >= 0] = scan.fat_hu
     img[depth >= an.fat] = scan.muscle_hu
-    cavity = depth >= an.fat + an.muscle
+    fr.cavity = cavity = depth >= an.fat + an.muscle
     # Mesenteric fat and bowel loops: a smooth periodic pattern thresholded.
-    bowel_field = np.zeros(shape, dtype=np.float32)
+    bowel_field = np.zeros(fr.shape, dtype=np.float32)
     for kx, ky, kz, phase in an.bowel_waves:  # random directions: no lattice artefact
         bowel_field += np.sin(kx * ax2 + ky * ay2 + kz * az + phase)
-    img = np.where(cavity, np.where(bowel_field > -0.8, 30.0, scan.fat_hu + 10.0), img).astype(
+    return np.where(cavity, np.where(bowel_field > -0.8, 30.0, scan.fat_hu + 10.0), img).astype(
         np.float32
     )
 
-    # --- diaphragm, lung bases, heart -------------------------------------------------------
+
+def _render_thorax(an: Anatomy, scan: Scan, fr: _Frame, img: np.ndarray) -> None:
+    """Diaphragm domes, lung bases and heart (in place). Sets ``fr.diaphragm/abdomen``."""
+    ax2, ay2, az = fr.ax2, fr.ay2, fr.az
     lc = [float(v) for v in an.liver_center]  # Python floats keep arrays float32 (NEP 50)
     dome_r = lc[2] + an.dome_z - ((ax2 - lc[0] - 15) ** 2 + (0.8 * (ay2 - lc[1])) ** 2) / 260.0
     dome_l = lc[2] + an.dome_z - 14.0 - ((ax2 + 65) ** 2 + (0.8 * (ay2 - lc[1])) ** 2) / 260.0
-    diaphragm = np.maximum(dome_r, dome_l)
-    thorax = cavity & (az > diaphragm)
+    fr.diaphragm = np.maximum(dome_r, dome_l)
+    thorax = fr.cavity & (az > fr.diaphragm)
     img[thorax] = -860.0
     heart = thorax & _ellipsoid(
         ax2, ay2, az, (-30.0, an.spine_y + 95.0, lc[2] + an.dome_z + 40.0), (62.0, 48.0, 55.0)
     )
     img[heart] = scan.vessel_hu - 60.0
-    abdomen = cavity & ~thorax
+    fr.abdomen = fr.cavity & ~thorax
 
-    # --- abdominal organs (world/anatomical frame) -----------------------------------------
+
+def _render_organs(an: Anatomy, scan: Scan, fr: _Frame, img: np.ndarray) -> None:
+    """Kidneys, spleen, stomach (with air) and paraspinal muscles (in place)."""
+    ax2, ay2, az, abdomen = fr.ax2, fr.ay2, fr.az, fr.abdomen
+    lc = [float(v) for v in an.liver_center]
     s = an.spine_y
     organs = [
         ((68.0, s + 5.0, lc[2] - 95.0), (26.0, 30.0, 55.0), scan.vessel_hu - 20.0),  # right kidney
@@ -488,12 +500,13 @@ def render(
     # Paraspinal muscles behind the spine.
     for side in (-1.0, 1.0):
         img[
-            (depth >= an.fat)
+            (fr.depth >= an.fat)
             & _ellipsoid(ax2, ay2, az, (side * 30.0, s - 42.0, 0.0), (24.0, 24.0, 1e6))
         ] = scan.muscle_hu
 
-    # --- liver (liver-local frame, only inside its bounding box) ----------------------------
-    label = np.zeros(shape, dtype=np.uint8)
+
+def _liver_box(an: Anatomy, scan: Scan, fr: _Frame) -> tuple[slice, ...] | None:
+    """Voxel box that holds the posed liver template (plus a margin), or None if outside."""
     rot = np.asarray(an.liver_rot)
     scl = np.asarray(an.liver_scale)
     lo, hi = _LIVER_BOX
@@ -506,105 +519,158 @@ def render(
             for z in (lo[2] - margin, hi[2] + 70)
         ]
     )
-    anat = (rot @ (corners * scl).T).T + np.asarray(lc)
+    anat = (rot @ (corners * scl).T).T + np.asarray([float(v) for v in an.liver_center])
     # back to world: world = Rz(yaw)^T anat + shift
+    cy, sy = fr.cos_yaw, fr.sin_yaw
     wc = np.stack(
         [cy * anat[:, 0] - sy * anat[:, 1], sy * anat[:, 0] + cy * anat[:, 1], anat[:, 2]], 1
     )
     wc += np.asarray(scan.shift)
+    sp, shape, affine = fr.spacing, fr.shape, fr.affine
     idx_lo = [max(0, math.floor((wc[:, i].min() - affine[i, 3]) / sp[i])) for i in range(3)]
     idx_hi = [
         min(shape[i], math.ceil((wc[:, i].max() - affine[i, 3]) / sp[i]) + 1) for i in range(3)
     ]
-    box = tuple(slice(l, h) for l, h in zip(idx_lo, idx_hi, strict=True))
-    if all(h > l for l, h in zip(idx_lo, idx_hi, strict=True)):
-        bx, by, bz = ax2[box[0], box[1], :], ay2[box[0], box[1], :], az[:, :, box[2]]
-        d = [bx - lc[0], by - lc[1], bz - lc[2]]
-        # u0 = R^T d / scale (template mm), then a smooth deformation of the template.
-        rf, sf = rot.tolist(), scl.tolist()
-        u0 = [(rf[0][i] * d[0] + rf[1][i] * d[1] + rf[2][i] * d[2]) / sf[i] for i in range(3)]
-        u = [c.astype(np.float32) for c in u0]
-        for wx_, wy_, wz_, phase, dx, dy, dz in an.deform:
-            wave = np.sin(wx_ * u0[0] + wy_ * u0[1] + wz_ * u0[2] + phase)
-            u[0] = u[0] + dx * wave
-            u[1] = u[1] + dy * wave
-            u[2] = u[2] + dz * wave
-        fields = _liver_fields(np.stack(np.broadcast_arrays(*u)), an)
-        sub_dia = np.broadcast_to(diaphragm, shape)[box]
-        sub_cav = np.broadcast_to(cavity, shape)[box]
-        ivc_in_box = (
-            (bx - an.ivc_xy[0]) ** 2 + (by - an.ivc_xy[1]) ** 2 <= 11.0**2
-        ) & np.ones_like(bz, bool)
-        liver = (
-            fields["liver"]
-            & sub_cav
-            & (np.broadcast_to(bz, sub_dia.shape) < sub_dia - 5.0)
-            & ~ivc_in_box
-            & ~fields["gallbladder"]
-        )
-        sub = img[box]
-        sub[fields["gallbladder"] & sub_cav & ~liver] = 8.0
-        sub[fields["trunk"] & sub_cav] = scan.vessel_hu
-        sub[liver] = scan.liver_hu
-        lesion = np.zeros_like(liver)
-        for lx, ly, lz, lr in an.lesions:
-            g = scan.lesion_growth
-            lesion |= (
-                ((u[0] - lx) / (lr * g)) ** 2
-                + ((u[1] - ly) / (lr * 0.9 * g)) ** 2
-                + ((u[2] - lz) / (lr * 1.1 * g)) ** 2
-            ) <= 1.0
-        lesion &= liver
-        sub[lesion] = scan.liver_hu - 38.0
-        sub[fields["vessel"] & liver] = scan.vessel_hu
-        img[box] = sub
-        label[box] = np.where(liver, fields["segment"], 0)
-        lesion_voxels = int(lesion.sum())
-    else:
-        lesion_voxels = 0
+    if not all(h > l for l, h in zip(idx_lo, idx_hi, strict=True)):
+        return None
+    return tuple(slice(l, h) for l, h in zip(idx_lo, idx_hi, strict=True))
 
-    # --- great vessels and spine (drawn last: they cut through everything) -----------------
-    ivc = ((ax2 - an.ivc_xy[0]) ** 2 + (ay2 - an.ivc_xy[1]) ** 2 <= 11.0**2) & (az < diaphragm + 20)
+
+def _liver_coords(an: Anatomy, bx: np.ndarray, by: np.ndarray, bz: np.ndarray) -> list:
+    """Deformed liver-local template coordinates (mm) of anatomical points.
+
+    u0 = R^T (p - centre) / scale, then the subject's smooth sinusoidal deformation.
+    """
+    lc = [float(v) for v in an.liver_center]
+    d = [bx - lc[0], by - lc[1], bz - lc[2]]
+    rf, sf = np.asarray(an.liver_rot).tolist(), np.asarray(an.liver_scale).tolist()
+    u0 = [(rf[0][i] * d[0] + rf[1][i] * d[1] + rf[2][i] * d[2]) / sf[i] for i in range(3)]
+    u = [c.astype(np.float32) for c in u0]
+    for wx_, wy_, wz_, phase, dx, dy, dz in an.deform:
+        wave = np.sin(wx_ * u0[0] + wy_ * u0[1] + wz_ * u0[2] + phase)
+        u[0] = u[0] + dx * wave
+        u[1] = u[1] + dy * wave
+        u[2] = u[2] + dz * wave
+    return u
+
+
+def _render_liver(an: Anatomy, scan: Scan, fr: _Frame, img: np.ndarray, label: np.ndarray) -> int:
+    """Liver parenchyma, gallbladder, portal trunk, lesions and vessels, and the segment
+    label, inside the liver box (in place). Returns the number of lesion voxels."""
+    box = _liver_box(an, scan, fr)
+    if box is None:
+        return 0
+    bx, by, bz = fr.ax2[box[0], box[1], :], fr.ay2[box[0], box[1], :], fr.az[:, :, box[2]]
+    u = _liver_coords(an, bx, by, bz)
+    fields = _liver_fields(np.stack(np.broadcast_arrays(*u)), an)
+    sub_dia = np.broadcast_to(fr.diaphragm, fr.shape)[box]
+    sub_cav = np.broadcast_to(fr.cavity, fr.shape)[box]
+    ivc_in_box = ((bx - an.ivc_xy[0]) ** 2 + (by - an.ivc_xy[1]) ** 2 <= 11.0**2) & np.ones_like(
+        bz, bool
+    )
+    liver = (
+        fields["liver"]
+        & sub_cav
+        & (np.broadcast_to(bz, sub_dia.shape) < sub_dia - 5.0)
+        & ~ivc_in_box
+        & ~fields["gallbladder"]
+    )
+    sub = img[box]
+    sub[fields["gallbladder"] & sub_cav & ~liver] = 8.0
+    sub[fields["trunk"] & sub_cav] = scan.vessel_hu
+    sub[liver] = scan.liver_hu
+    lesion = np.zeros_like(liver)
+    for lx, ly, lz, lr in an.lesions:
+        g = scan.lesion_growth
+        lesion |= (
+            ((u[0] - lx) / (lr * g)) ** 2
+            + ((u[1] - ly) / (lr * 0.9 * g)) ** 2
+            + ((u[2] - lz) / (lr * 1.1 * g)) ** 2
+        ) <= 1.0
+    lesion &= liver
+    sub[lesion] = scan.liver_hu - 38.0
+    sub[fields["vessel"] & liver] = scan.vessel_hu
+    img[box] = sub
+    label[box] = np.where(liver, fields["segment"], 0)
+    return int(lesion.sum())
+
+
+def _render_vessels_spine(an: Anatomy, scan: Scan, fr: _Frame, img: np.ndarray) -> np.ndarray:
+    """IVC, aorta and spine, drawn last because they cut through everything."""
+    ax2, ay2, az, shape = fr.ax2, fr.ay2, fr.az, fr.shape
+    ivc = ((ax2 - an.ivc_xy[0]) ** 2 + (ay2 - an.ivc_xy[1]) ** 2 <= 11.0**2) & (
+        az < fr.diaphragm + 20
+    )
     aorta = (ax2 - an.aorta_xy[0]) ** 2 + (ay2 - an.aorta_xy[1]) ** 2 <= 11.5**2
     img[np.broadcast_to(ivc, shape)] = scan.vessel_hu - 25.0
-    img[np.broadcast_to(aorta & (depth > 0), shape)] = scan.vessel_hu - 5.0
+    img[np.broadcast_to(aorta & (fr.depth > 0), shape)] = scan.vessel_hu - 5.0
+    s = an.spine_y
     vb = (ax2**2 + (ay2 - s) ** 2) ** 0.5  # vertebral body: cortical shell, cancellous core
-    disc = np.cos(2 * math.pi * (az - lc[2]) / 32.0) > 0.88  # intervertebral discs every 32 mm
+    lc_z = float(an.liver_center[2])
+    disc = np.cos(2 * math.pi * (az - lc_z) / 32.0) > 0.88  # intervertebral discs every 32 mm
     img = np.where(vb <= 18.0, np.where(vb > 15.5, 650.0, np.where(disc, 85.0, 240.0)), img)
     post = _ellipsoid(ax2, ay2, az, (0.0, s - 38.0, 0.0), (6.0, 22.0, 1e6)) | _ellipsoid(
         ax2, ay2, az, (0.0, s - 21.0, 0.0), (16.0, 5.0, 1e6)
     )
-    img = np.where(post & ~np.broadcast_to(disc, post.shape) & (vb > 18.0), 520.0, img).astype(
+    return np.where(post & ~np.broadcast_to(disc, post.shape) & (vb > 18.0), 520.0, img).astype(
         np.float32
     )
 
-    # --- acquisition: partial volume blur, bias, noise, quantisation -------------------------
+
+def _acquire(
+    an: Anatomy, scan: Scan, fr: _Frame, img: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The scanner: partial-volume blur (PSF), smooth bias, cupping, correlated noise and
+    quantisation to int16 HU."""
     sc = SCANNERS[scan.scanner]
     img = ndimage.gaussian_filter(
         img, sigma=(sc["psf_xy"], sc["psf_xy"], sc["psf_z"]), mode="nearest"
     )
-    nx = (ax2 / an.body_a).astype(np.float32)
-    ny = (ay2 / an.body_b).astype(np.float32)
-    nz = (az / 150.0).astype(np.float32)
+    nx = (fr.ax2 / an.body_a).astype(np.float32)
+    ny = (fr.ay2 / an.body_b).astype(np.float32)
+    nz = (fr.az / 150.0).astype(np.float32)
     b0, b1, b2, b3 = scan.bias
     gain = 1.0 + b0 * nx + b1 * ny + b2 * nz + b3 * nx * ny  # smooth multiplicative bias
-    body = depth >= 0
+    body = fr.depth >= 0
     img = (img + 1000.0) * gain - 1000.0  # on attenuation, so air stays near -1000
-    img = img - np.where(body, scan.cupping * np.clip(1.0 - rad**2, 0, 1), 0.0)  # beam hardening
+    img = img - np.where(body, scan.cupping * np.clip(1.0 - fr.rad**2, 0, 1), 0.0)  # beam hardening
     if scan.noise_sd > 0:
-        noise = rng.standard_normal(shape, dtype=np.float32)
+        noise = rng.standard_normal(fr.shape, dtype=np.float32)
         noise = ndimage.gaussian_filter(noise, sigma=(0.6, 0.6, 0.3), mode="wrap")
         noise *= scan.noise_sd / max(float(noise.std()), 1e-6)  # correlated CT-like noise
         img = img + noise
-    image = np.clip(np.rint(img), HU_MIN, HU_MAX).astype(np.int16)
-    voxel_ml = float(np.prod(sp)) / 1000.0
+    return np.clip(np.rint(img), HU_MIN, HU_MAX).astype(np.int16)
+
+
+def render(
+    anatomy: Anatomy,
+    scan: Scan,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+) -> SyntheticVolume:
+    """Render one scan to an int16 HU image and its uint8 truth label on a ``shape`` grid.
+
+    Tissue classes are evaluated at voxel centres (the label is exactly that map); the image
+    is then blurred with the scanner's point-spread function (partial-volume effect), biased
+    and made noisy. ``rng`` supplies only the noise, so the label never depends on it. The
+    steps run in a fixed order, each painting over the previous ones.
+    """
+    fr = _frame(scan, shape)
+    img = _render_body(anatomy, scan, fr)
+    _render_thorax(anatomy, scan, fr, img)
+    _render_organs(anatomy, scan, fr, img)
+    label = np.zeros(shape, dtype=np.uint8)
+    lesion_voxels = _render_liver(anatomy, scan, fr, img, label)
+    img = _render_vessels_spine(anatomy, scan, fr, img)
+    image = _acquire(anatomy, scan, fr, img, rng)
+    voxel_ml = float(np.prod(scan.spacing)) / 1000.0
     meta = {
         "scanner": scan.scanner,
         "has_lesion": bool(lesion_voxels > 0),
-        "n_lesions": len(an.lesions) if lesion_voxels > 0 else 0,
+        "n_lesions": len(anatomy.lesions) if lesion_voxels > 0 else 0,
         "liver_volume_ml": round(float((label > 0).sum()) * voxel_ml, 1),
     }
-    return SyntheticVolume(image=image, label=label, affine=affine, metadata=meta)
+    return SyntheticVolume(image=image, label=label, affine=fr.affine, metadata=meta)
 
 
 def generate_volume(
@@ -633,204 +699,3 @@ def _check_shape(shape: Any) -> tuple[int, int, int]:
     if len(vals) != 3 or min(vals) < 8:
         raise ValueError(f"synthetic shape {list(shape)}: need three sizes >= 8 voxels")
     return vals  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------
-# Annotators
-# --------------------------------------------------------------------------------------------
-
-
-def rater_label(
-    label: np.ndarray,
-    spacing: tuple[float, float, float],
-    amplitude_mm: float,
-    rng: np.random.Generator,
-    control_mm: float = 30.0,
-) -> np.ndarray:
-    """One annotator's version of ``label``: the truth warped by a smooth random displacement.
-
-    The displacement field (std ``amplitude_mm`` per component, correlation length about
-    ``control_mm``) moves every boundary (liver outline and segment surfaces) a little, so
-    raters agree in the interior and disagree only within a few millimetres of a boundary.
-    Only the foreground bounding box (plus the maximum displacement) is resampled.
-    """
-    if amplitude_mm <= 0 or not label.any():
-        return label.copy()
-    fg = np.argwhere(label > 0)
-    pad = [math.ceil(4 * amplitude_mm / s) + 1 for s in spacing]
-    lo = [max(0, int(fg[:, i].min()) - pad[i]) for i in range(3)]
-    hi = [min(label.shape[i], int(fg[:, i].max()) + pad[i] + 1) for i in range(3)]
-    box = tuple(slice(l, h) for l, h in zip(lo, hi, strict=True))
-    sub_shape = tuple(h - l for l, h in zip(lo, hi, strict=True))
-    coarse = tuple(
-        max(2, math.ceil(n * s / control_mm) + 1) for n, s in zip(sub_shape, spacing, strict=True)
-    )
-    coords = np.indices(sub_shape, dtype=np.float32)
-    for i in range(3):
-        field_mm = rng.normal(0.0, amplitude_mm, size=coarse).astype(np.float32)
-        zoom = [n / c for n, c in zip(sub_shape, coarse, strict=True)]
-        disp = ndimage.zoom(field_mm, zoom, order=3, mode="nearest", grid_mode=True)[
-            : sub_shape[0], : sub_shape[1], : sub_shape[2]
-        ]
-        coords[i] += disp / spacing[i]
-    warped = ndimage.map_coordinates(label[box], coords, order=0, mode="nearest")
-    out = label.copy()
-    out[box] = warped
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Dataset
-# --------------------------------------------------------------------------------------------
-
-
-def _case_rng(seed: int, subject: int, scan: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([seed, subject, scan, purpose])
-
-
-def followup_subjects(seed: int, n_subjects: int, fraction: float) -> set[int]:
-    """Indices of the subjects that get a second scan (round(fraction * n), at least one
-    when fraction > 0), chosen by a stream of their own so cases stay independent."""
-    if fraction <= 0:
-        return set()
-    k = min(n_subjects, max(1, round(fraction * n_subjects)))
-    order = np.random.default_rng([seed, 0xF011]).permutation(n_subjects)
-    return {int(i) for i in order[:k]}
-
-
-def generate_case(
-    seed: int,
-    subject: int,
-    scan_index: int,
-    shape: tuple[int, int, int] | list[int],
-    noise_hu: float = 12.0,
-    lesion_probability: float = 0.3,
-) -> SyntheticVolume:
-    """Render scan ``scan_index`` of subject ``subject``; depends only on these arguments.
-
-    Scans of one subject share the anatomy (drawn from the subject's stream); a follow-up
-    gets a new scanner, field of view, pose, contrast timing and noise, and its lesions grow.
-    """
-    shape = _check_shape(shape)
-    anatomy = sample_anatomy(_case_rng(seed, subject, 0, _STREAM_ANATOMY), lesion_probability)
-    scan = sample_scan(_case_rng(seed, subject, scan_index, _STREAM_SCAN), anatomy, shape, noise_hu)
-    if scan_index > 0:
-        growth = _case_rng(seed, subject, scan_index, _STREAM_FOLLOWUP).uniform(0.85, 1.35)
-        scan = dataclasses.replace(scan, lesion_growth=float(growth))
-    vol = render(anatomy, scan, shape, _case_rng(seed, subject, scan_index, _STREAM_NOISE))
-    vol.metadata["scan_index"] = scan_index
-    return vol
-
-
-def _label_mode(labels: dict[int, str]) -> str:
-    keys = {int(k) for k in labels}
-    if keys == set(COUINAUD_LABELS):
-        return "couinaud"
-    if keys == {0, 1}:
-        return "liver"
-    raise ValueError(
-        f"labels {sorted(keys)}: the synthetic source writes the Couinaud segments 0-8 "
-        "(or 0/1 for the whole liver); set `labels` accordingly"
-    )
-
-
-def generate_dataset(
-    cfg: SyntheticSource, labels: dict[int, str], raw_dir: Path
-) -> list[CaseRecord]:
-    """Write the synthetic dataset under ``raw_dir`` and return one record per scan.
-
-    Files: ``images/{case}.nii.gz`` (int16 HU), ``labels/{case}.nii.gz`` (uint8, the primary
-    annotation = rater0's) and, with several annotators, ``labels/{case}_rater{r}.nii.gz``.
-    With one annotator the label is the exact simulated truth; with several, every rater
-    (rater0 included) is the truth warped by their own smooth boundary displacement.
-    """
-    mode = _label_mode(labels)
-    raw_dir = Path(raw_dir)
-    shape = _check_shape(cfg.shape)
-    multi = followup_subjects(cfg.seed, cfg.n_subjects, cfg.multi_scan_fraction)
-    records: list[CaseRecord] = []
-    for subject in range(cfg.n_subjects):
-        for scan_index in range(2 if subject in multi else 1):
-            case_id = f"liver_{subject:03d}_s{scan_index}"
-            vol = generate_case(
-                cfg.seed, subject, scan_index, shape, cfg.noise_hu, cfg.lesion_probability
-            )
-            truth = vol.label if mode == "couinaud" else (vol.label > 0).astype(np.uint8)
-            image_path = raw_dir / "images" / f"{case_id}.nii.gz"
-            label_path = raw_dir / "labels" / f"{case_id}.nii.gz"
-            save_nifti(image_path, vol.image, vol.affine)
-            rater_paths: dict[str, str] = {}
-            if cfg.n_annotators > 1:
-                for r in range(cfg.n_annotators):
-                    rng = _case_rng(cfg.seed, subject, scan_index, _STREAM_RATER + r)
-                    lab = rater_label(truth, vol.spacing, cfg.rater_disagreement_mm, rng)
-                    path = raw_dir / "labels" / f"{case_id}_rater{r}.nii.gz"
-                    save_nifti(path, lab, vol.affine)
-                    rater_paths[f"rater{r}"] = str(path)
-                    if r == 0:
-                        save_nifti(label_path, lab, vol.affine)
-            else:
-                save_nifti(label_path, truth, vol.affine)
-            meta = dict(vol.metadata)
-            meta["spacing_mm"] = ",".join(f"{s:g}" for s in vol.spacing)
-            records.append(
-                CaseRecord(
-                    case_id=case_id,
-                    subject_id=f"subj_{subject:03d}",
-                    image=str(image_path),
-                    label=str(label_path),
-                    source_uri=f"synthetic:seed={cfg.seed}#{case_id}",
-                    annotator="rater0",
-                    rater_labels=rater_paths,
-                    metadata=meta,
-                )
-            )
-            log.info(
-                "synthetic %s: spacing %s mm, scanner %s, lesion %s",
-                case_id,
-                meta["spacing_mm"],
-                meta["scanner"],
-                meta["has_lesion"],
-            )
-    return records
-
-
-def cli(argv: list[str]) -> int:
-    """``reproseg synth --out DIR``: write the synthetic dataset and ``DIR/cases.json``."""
-    defaults = SyntheticSource()
-    parser = argparse.ArgumentParser(prog="reproseg synth", description=cli.__doc__)
-    parser.add_argument("--out", required=True, type=Path, help="output folder (images/, labels/)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--n-subjects", type=int, default=defaults.n_subjects)
-    parser.add_argument(
-        "--shape", type=int, nargs=3, default=defaults.shape, metavar=("X", "Y", "Z")
-    )
-    parser.add_argument("--n-annotators", type=int, default=defaults.n_annotators)
-    parser.add_argument("--multi-scan-fraction", type=float, default=defaults.multi_scan_fraction)
-    parser.add_argument(
-        "--rater-disagreement-mm", type=float, default=defaults.rater_disagreement_mm
-    )
-    parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability)
-    parser.add_argument("--noise-hu", type=float, default=defaults.noise_hu)
-    args = parser.parse_args(argv)
-    cfg = SyntheticSource(
-        seed=args.seed,
-        n_subjects=args.n_subjects,
-        shape=list(args.shape),
-        n_annotators=args.n_annotators,
-        multi_scan_fraction=args.multi_scan_fraction,
-        rater_disagreement_mm=args.rater_disagreement_mm,
-        lesion_probability=args.lesion_probability,
-        noise_hu=args.noise_hu,
-    )
-    start = time.perf_counter()
-    records = generate_dataset(cfg, dict(COUINAUD_LABELS), args.out)
-    write_json(
-        args.out / "cases.json",
-        {"config": cfg.model_dump(), "cases": [r.to_dict() for r in records]},
-    )
-    print(
-        f"wrote {len(records)} cases of {cfg.n_subjects} subjects to {args.out} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
-    return 0
