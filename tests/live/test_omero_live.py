@@ -16,7 +16,7 @@ from reproseg import manifest as mf
 from reproseg.config import Config, OmeroSource, SyntheticSource
 from reproseg.ingest import run_ingest
 from reproseg.io import load_nifti, sha256_array
-from reproseg.sources.omero_push import push_dataset
+from reproseg.sources.omero import push_dataset
 from reproseg.sources.synthetic import generate_dataset
 
 

@@ -19,7 +19,7 @@ from reproseg import manifest as mf
 from reproseg.config import OmeroSource
 from reproseg.io import load_nifti, save_nifti, sha256_array
 from reproseg.sources import omero as om
-from reproseg.sources import omero_push as op
+from reproseg.sources.omero import session as om_session
 from tests.fakes import omero_fake as fake
 
 PASSWORD = "pa55-word-xyz"
@@ -34,7 +34,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> fake.FakeServer:
     for var in ("OMERO_HOST", "OMERO_PORT", "OMERO_USER", "OMERO_SESSION_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMERO_PASSWORD", PASSWORD)
-    monkeypatch.setattr(om, "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(om_session, "RETRY_BACKOFF_S", 0.0)
     return fake.FakeServer(HOST, users={"alice": PASSWORD}, session_keys={"sess-key-123456"})
 
 
@@ -419,12 +419,12 @@ def test_without_omero_py_the_error_says_how_to_install(monkeypatch: pytest.Monk
 
 
 def test_omero_pixel_types() -> None:
-    assert op.omero_pixels(np.ones((2, 2, 2), bool)).dtype == np.uint8
-    assert op.omero_pixels(np.arange(8, dtype=np.int64).reshape(2, 2, 2)).dtype == np.int32
-    assert op.omero_pixels(np.full((1, 1, 1), 2**40, np.int64)).dtype == np.float64
-    assert op.omero_pixels(np.zeros((1, 1, 1), np.int16)).dtype == np.int16
-    assert op.parse_source_uri("omero://h.org/Image:12") == ("h.org", 12)
-    assert op.parse_source_uri("synthetic:seed=1#c") is None
+    assert om.omero_pixels(np.ones((2, 2, 2), bool)).dtype == np.uint8
+    assert om.omero_pixels(np.arange(8, dtype=np.int64).reshape(2, 2, 2)).dtype == np.int32
+    assert om.omero_pixels(np.full((1, 1, 1), 2**40, np.int64)).dtype == np.float64
+    assert om.omero_pixels(np.zeros((1, 1, 1), np.int16)).dtype == np.int16
+    assert om.parse_source_uri("omero://h.org/Image:12") == ("h.org", 12)
+    assert om.parse_source_uri("synthetic:seed=1#c") is None
 
 
 # ----------------------------------------------------------------------------- write-back
@@ -466,7 +466,7 @@ def test_push_pull_round_trip(
 ) -> None:
     manifest = _local_dataset(tmp_path / "local")
     did = server.add_dataset("pushed")
-    ids = op.push_dataset(ocfg(), LABELS, manifest, did, labels_as=labels_as)
+    ids = om.push_dataset(ocfg(), LABELS, manifest, did, labels_as=labels_as)
     assert len(ids) == 2 and server.datasets[did]["images"] == ids
     pairs = server.map_pairs(ids[0], om.NS_CLIENT_MAP)
     assert (
@@ -475,7 +475,7 @@ def test_push_pull_round_trip(
         and pairs["scanner"] == "CT-B"
     )
     # Re-push is idempotent.
-    assert op.push_dataset(ocfg(), LABELS, manifest, did, labels_as=labels_as) == ids
+    assert om.push_dataset(ocfg(), LABELS, manifest, did, labels_as=labels_as) == ids
     assert len(server.images) == 2
 
     records = om.fetch(ocfg(dataset=did, label_source=label_source), LABELS, tmp_path / "pulled")
@@ -504,7 +504,7 @@ def test_upload_predictions_with_provenance(server: fake.FakeServer, tmp_path: P
     manifest = tmp_path / "data" / "manifest.tsv"
     pred = tmp_path / "pred" / f"{records[0].case_id}.nii.gz"
     save_nifti(pred, label_volume(), np.diag([0.8, 0.7, 2.5, 1.0]))
-    assert op.upload_predictions(ocfg(), manifest, [pred], model="unet", run_id="run42") == [iid]
+    assert om.upload_predictions(ocfg(), manifest, [pred], model="unet", run_id="run42") == [iid]
     prov = server.map_pairs(iid, om.NS_PREDICTION)
     assert prov["model"] == "unet" and prov["run_id"] == "run42"
     from reproseg.io import sha256_file
@@ -517,7 +517,7 @@ def test_upload_predictions_with_provenance(server: fake.FakeServer, tmp_path: P
     ]
     assert len(files) == 1 and files[0].file.data == pred.read_bytes()
     # Idempotent; prediction key-values do not leak into a later pull's metadata.
-    op.upload_predictions(ocfg(), manifest, [pred], model="unet", run_id="run42")
+    om.upload_predictions(ocfg(), manifest, [pred], model="unet", run_id="run42")
     assert (
         len(
             [
@@ -531,11 +531,11 @@ def test_upload_predictions_with_provenance(server: fake.FakeServer, tmp_path: P
     (again,) = om.fetch(ocfg(image_ids=[iid]), LABELS, tmp_path / "raw2")
     assert "run_id" not in again.metadata
     with pytest.raises(ValueError, match="came from omero.test, not from other.host"):
-        op.upload_predictions(ocfg(host="other.host"), manifest, [pred], model="unet", run_id="r")
+        om.upload_predictions(ocfg(host="other.host"), manifest, [pred], model="unet", run_id="r")
     stray = tmp_path / "pred" / "unknown.nii.gz"
     save_nifti(stray, label_volume(), np.eye(4))
     with pytest.raises(ValueError, match="'unknown' is not in"):
-        op.upload_predictions(ocfg(), manifest, [stray], model="unet", run_id="r")
+        om.upload_predictions(ocfg(), manifest, [stray], model="unet", run_id="r")
 
 
 def test_cli_push_and_pull(
@@ -583,3 +583,48 @@ def test_cli_push_and_pull(
     assert len(list((out / "images").glob("*.nii.gz"))) == 2
     monkeypatch.delenv("OMERO_PASSWORD")
     assert om.cli(["pull", "--config", str(config), "--out", str(out)]) == 1
+
+
+# ----------------------------------------------------------------------------- package structure
+
+
+def test_package_modules_form_no_cycle_and_share_no_private_names() -> None:
+    """Each module of reproseg.sources.omero imports only public names of earlier modules."""
+    import ast
+
+    package = Path(om.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        name = path.stem
+        graph[name] = set()
+        assert any(
+            isinstance(node, ast.Assign)
+            and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+            for node in tree.body
+        ), f"{path}: no __all__"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "reproseg.sources.omero"
+            ):
+                target = (node.module or "").removeprefix("reproseg.sources.omero").lstrip(".")
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path}: imports private names {private} from {node.module}"
+                if name != "__init__":
+                    assert target, f"{path}: imports the package itself (a cycle through __init__)"
+                    graph[name].add(target)
+    assert {"session", "decode", "pull", "push", "cli"} <= set(graph)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        assert state.get(node) != 1, f"import cycle: {' -> '.join([*trail, node])}"
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in graph.get(node, set()):
+            visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for module in graph:
+        visit(module, [])
+    assert all(hasattr(om, n) for n in om.__all__)

@@ -6,7 +6,7 @@
 a FileAnnotation (the NIfTI file, in ``source.omero.label_namespace``) or as Mask ROIs (one
 ROI per label and annotator, one bit-packed mask per z-plane, as omero-rois writes them), and
 key-value metadata (case, subject, annotator, checksums, the exact affine). Pulling the
-Dataset back with :func:`reproseg.sources.omero.fetch` gives the same pixels and labels.
+Dataset back with :func:`reproseg.sources.omero.pull.fetch` gives the same pixels and labels.
 
 ``upload_predictions`` attaches prediction files to the images they were computed from
 (``source_uri`` ``omero://host/Image:ID`` in the manifest) with provenance key-values
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,46 +29,30 @@ from reproseg.config import OmeroSource
 from reproseg.io import load_nifti, sha256_file, spacing_from_affine
 from reproseg.logs import get_logger
 from reproseg.manifest import MANIFEST_COLUMNS, parse_rater_labels, read_manifest
-from reproseg.sources.omero import (
+from reproseg.sources.omero.decode import (
     AFFINE_KEY,
     NS_CLIENT_MAP,
     NS_PREDICTION,
+    map_pairs,
+    omero_pixels,
+    parse_source_uri,
+)
+from reproseg.sources.omero.session import (
     ConnectFactory,
     Gateway,
     Session,
-    _guard_logs,
     blitz_connect,
-    map_pairs,
+    guard_logs,
     redact,
     resolve_credentials,
-    safe_name,
 )
 
-log = get_logger("sources.omero_push")
+__all__ = ["push_dataset", "upload_predictions"]
 
-_URI_RE = re.compile(r"^omero://(?P<host>[^/]+)/Image:(?P<id>\d+)$")
+log = get_logger("sources.omero")
+
 #: Manifest columns that are derived, not source metadata (not copied as key-values).
 _DERIVED = frozenset(MANIFEST_COLUMNS)
-
-
-def parse_source_uri(uri: str) -> tuple[str, int] | None:
-    """``(host, image_id)`` of ``omero://host/Image:ID``, or ``None`` for other sources."""
-    match = _URI_RE.match(str(uri).strip())
-    return (match.group("host"), int(match.group("id"))) if match else None
-
-
-def omero_pixels(data: np.ndarray) -> np.ndarray:
-    """The array in a pixel type OMERO stores (no bool, int64 or uint64)."""
-    if data.dtype == bool:
-        return data.astype(np.uint8)
-    if data.dtype in (np.int64, np.uint64, np.uint32):
-        info = np.iinfo(np.int32)
-        if data.min() >= info.min and data.max() <= info.max:
-            return data.astype(np.int32)
-        return data.astype(np.float64)
-    if data.dtype == np.float16:
-        return data.astype(np.float32)
-    return data
 
 
 def _resolve(path: str, workdir: Path) -> Path:
@@ -246,7 +229,7 @@ def push_dataset(
     df = read_manifest(manifest)
     ids: list[int] = []
     with (
-        _guard_logs(creds.secrets),
+        guard_logs(creds.secrets),
         Session(creds, connect or blitz_connect, cfg.retries) as session,
     ):
         existing = session.run(
@@ -353,7 +336,7 @@ def upload_predictions(
         jobs.append((path, iid, sha256_file(path), tuple(data.shape)))
     done: list[int] = []
     with (
-        _guard_logs(creds.secrets),
+        guard_logs(creds.secrets),
         Session(creds, connect or blitz_connect, cfg.retries) as session,
     ):
         for path, iid, digest, shape in jobs:
@@ -370,6 +353,3 @@ def upload_predictions(
                 raise ValueError(redact(f"{path}: Image:{iid}: {exc}", creds.secrets)) from None
             log.info("%s -> Image:%d (model=%s, run_id=%s)", path.name, iid, model, run_id)
     return done
-
-
-__all__ = ["omero_pixels", "parse_source_uri", "push_dataset", "safe_name", "upload_predictions"]
