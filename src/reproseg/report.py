@@ -19,7 +19,6 @@ import argparse
 import base64
 import io
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from reproseg import layout
 from reproseg.config import Config, load_config
 from reproseg.dome import environment_facts
 from reproseg.io import load_nifti, read_json, read_tsv, write_text
@@ -100,13 +100,12 @@ def _png(fig: plt.Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _run_of(path: Path) -> dict[str, str]:
-    """(model, fold, seed) of a results/models/{model}/fold{f}/seed{s}/... path."""
-    parts = Path(path).parts
-    for i in range(len(parts) - 2):
-        if re.fullmatch(r"fold\d+", parts[i + 1]) and re.fullmatch(r"seed\d+", parts[i + 2]):
-            return {"model": parts[i], "fold": parts[i + 1][4:], "seed": parts[i + 2][4:]}
-    raise ValueError(f"{path}: not under results/models/<model>/fold<k>/seed<s>/")
+def _run_of(path: Path, pattern: str) -> dict[str, str]:
+    """(model, fold, seed) of a training job's file, read through its run-layout pattern."""
+    run = layout.match(pattern, path)
+    if run is None:
+        raise ValueError(f"{path}: not a {pattern} file of the run layout")
+    return run
 
 
 def _table_html(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
@@ -250,7 +249,7 @@ def learning_curve_figure(histories: Sequence[Path]) -> dict[str, str] | None:
         h = read_tsv(path)
         if not {"epoch", "loss"} <= set(h.columns):
             raise ValueError(f"{path}: history lacks epoch/loss columns")
-        run = _run_of(path)
+        run = _run_of(path, layout.HISTORY)
         name = f"{run['model']} f{run['fold']} s{run['seed']}"
         ax_loss.plot(h["epoch"], h["loss"], lw=1, label=name)
         if "val_dice" in h.columns:
@@ -294,7 +293,7 @@ def overlay_figure(
         return None, "No prediction folder given: overlays skipped."
     pdir = Path(inp.predictions_dir)
     try:
-        run = _run_of(pdir / "x")
+        run = _run_of(pdir, layout.PREDICTIONS)
     except ValueError:
         run = {"model": pdir.parts[-3], "fold": "0", "seed": "0"}
     picks = pick_cases(per_case, run)
@@ -413,7 +412,7 @@ def energy_section(paths: Sequence[Path]) -> dict[str, Any]:
         e = read_json(p)
         if not isinstance(e, dict) or "energy_kwh" not in e:
             raise ValueError(f"{p}: emissions record lacks energy_kwh")
-        run = _run_of(p)
+        run = _run_of(p, layout.EMISSIONS)
         rows.append(
             {
                 "model": run["model"],
@@ -632,32 +631,33 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     cfg = load_config(args.config)
     r = Path(args.results)
-    models = sorted(r.glob("models/*/fold*/seed*"))
+    at = lambda pattern, **wc: layout.in_results(pattern, r, **wc)
     opt = lambda q: q if q.exists() else None
-    bioimageio = r / "publish" / "bioimageio" / f"{cfg.run_name}.zip"
-    first = models[0] if models else None
-    preds = args.predictions or (
-        r / "predictions" / first.relative_to(r / "models") if first is not None else None
+    jobs = sorted(
+        (run for m in r.glob("models/*/*/*") if (run := layout.match(layout.MODEL_DIR, m))),
+        key=lambda run: (run["model"], int(run["fold"]), int(run["seed"])),
     )
+    files = lambda pattern: [p for run in jobs if (p := at(pattern, **run)).exists()]
+    preds = args.predictions or (at(layout.PREDICTIONS, **jobs[0]) if jobs else None)
     inputs = ReportInputs(
-        table_tsv=r / "eval" / "table.tsv",
-        table_md=opt(r / "eval" / "table.md"),
-        summary_tsv=r / "eval" / "summary.tsv",
-        per_case_tsv=r / "eval" / "per_case.tsv",
-        qc_json=r / "qc" / "qc.json",
-        qc_md=opt(r / "qc" / "qc.md"),
-        splits_json=r / "splits" / "splits.json",
-        manifest_json=r / "data" / "manifest.json",
-        histories=[m / "history.tsv" for m in models if (m / "history.tsv").exists()],
-        environments=[m / "environment.json" for m in models if (m / "environment.json").exists()],
-        emissions=[m / "emissions.json" for m in models if (m / "emissions.json").exists()],
-        interrater_tsv=opt(r / "eval" / "interrater.tsv"),
-        dome_json=opt(r / "metadata" / "dome.json"),
-        mlflow_json=opt(r / "publish" / "mlflow.json"),
-        bioimageio_zip=opt(bioimageio),
+        table_tsv=at(layout.TABLE_TSV),
+        table_md=opt(at(layout.TABLE_MD)),
+        summary_tsv=at(layout.SUMMARY),
+        per_case_tsv=at(layout.PER_CASE),
+        qc_json=at(layout.QC_JSON),
+        qc_md=opt(at(layout.QC_MD)),
+        splits_json=at(layout.SPLITS),
+        manifest_json=at(layout.MANIFEST_JSON),
+        histories=files(layout.HISTORY),
+        environments=files(layout.ENVIRONMENT),
+        emissions=files(layout.EMISSIONS),
+        interrater_tsv=opt(at(layout.INTERRATER)),
+        dome_json=opt(at(layout.DOME_JSON)),
+        mlflow_json=opt(at(layout.MLFLOW_RECORD)),
+        bioimageio_zip=opt(at(layout.BIOIMAGEIO_ZIP, run_name=cfg.run_name)),
         predictions_dir=Path(preds) if preds else None,
         configfiles=[args.config],
         root=r.parent if r.name == "results" else Path("."),
     )
-    build_report(inputs, cfg, args.out or r / "report.html")
+    build_report(inputs, cfg, args.out or at(layout.REPORT))
     return 0

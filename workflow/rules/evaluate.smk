@@ -9,23 +9,21 @@ EVAL_CODE = code_hash(
 
 # Every metrics.tsv that the aggregate step concatenates (ensembles only when enabled).
 EVAL_METRICS = (
-    train_jobs("results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv")
+    train_jobs(layout.METRICS)
     + expand(
-        "results/eval/{model}/ensemble/seed{seed}/metrics.tsv",
+        layout.ENSEMBLE_METRICS,
         model=MODELS if CFG.evaluate.ensemble else [],
         seed=SEEDS,
     )
     + expand(
-        "results/eval/baseline_{baseline}/fold{fold}/metrics.tsv",
+        layout.BASELINE_METRICS,
         baseline=BASELINES,
         fold=FOLDS,
     )
 )
 # Test-set prediction folders of every fold model and every ensemble (for interrater).
-PREDICTION_DIRS = train_jobs(
-    "results/predictions/{model}/fold{fold}/seed{seed}"
-) + expand(
-    "results/predictions/{model}/ensemble/seed{seed}",
+PREDICTION_DIRS = train_jobs(layout.PREDICTIONS) + expand(
+    layout.ENSEMBLE_PREDICTIONS,
     model=MODELS if CFG.evaluate.ensemble else [],
     seed=SEEDS,
 )
@@ -33,14 +31,12 @@ PREDICTION_DIRS = train_jobs(
 
 rule evaluate:
     input:
-        model="results/models/{model}/fold{fold}/seed{seed}/model.pt",
-        manifest="results/data/manifest.tsv",
-        splits="results/splits/splits.json",
+        model=layout.MODEL,
+        manifest=layout.MANIFEST,
+        splits=layout.SPLITS,
     output:
-        metrics=ensure(
-            "results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv", non_empty=True
-        ),
-        predictions=directory("results/predictions/{model}/fold{fold}/seed{seed}"),
+        metrics=ensure(layout.METRICS, non_empty=True),
+        predictions=directory(layout.PREDICTIONS),
     log:
         "logs/evaluate/{model}_fold{fold}_seed{seed}.log",
     benchmark:
@@ -61,16 +57,12 @@ rule evaluate:
 
 rule evaluate_ensemble:
     input:
-        models=expand(
-            "results/models/{{model}}/fold{fold}/seed{{seed}}/model.pt", fold=FOLDS
-        ),
-        manifest="results/data/manifest.tsv",
-        splits="results/splits/splits.json",
+        models=expand(layout.MODEL, fold=FOLDS, allow_missing=True),
+        manifest=layout.MANIFEST,
+        splits=layout.SPLITS,
     output:
-        metrics=ensure(
-            "results/eval/{model}/ensemble/seed{seed}/metrics.tsv", non_empty=True
-        ),
-        predictions=directory("results/predictions/{model}/ensemble/seed{seed}"),
+        metrics=ensure(layout.ENSEMBLE_METRICS, non_empty=True),
+        predictions=directory(layout.ENSEMBLE_PREDICTIONS),
     log:
         "logs/evaluate_ensemble/{model}_seed{seed}.log",
     benchmark:
@@ -91,13 +83,11 @@ rule evaluate_ensemble:
 
 rule evaluate_baseline:
     input:
-        manifest="results/data/manifest.tsv",
-        splits="results/splits/splits.json",
+        manifest=layout.MANIFEST,
+        splits=layout.SPLITS,
     output:
-        metrics=ensure(
-            "results/eval/baseline_{baseline}/fold{fold}/metrics.tsv", non_empty=True
-        ),
-        params="results/eval/baseline_{baseline}/fold{fold}/params.json",
+        metrics=ensure(layout.BASELINE_METRICS, non_empty=True),
+        params=layout.BASELINE_PARAMS,
     log:
         "logs/evaluate_baseline/{baseline}_fold{fold}.log",
     benchmark:
@@ -120,11 +110,11 @@ rule evaluate_baseline:
 
 rule interrater:
     input:
-        manifest="results/data/manifest.tsv",
-        splits="results/splits/splits.json",
+        manifest=layout.MANIFEST,
+        splits=layout.SPLITS,
         predictions=PREDICTION_DIRS,
     output:
-        table="results/eval/interrater.tsv",
+        table=layout.INTERRATER,
     log:
         "logs/evaluate/interrater.log",
     benchmark:
@@ -147,17 +137,17 @@ rule aggregate:
     input:
         metrics=EVAL_METRICS,
     output:
-        per_case="results/eval/per_case.tsv",
+        per_case=layout.PER_CASE,
         summary=report(
-            ensure("results/eval/summary.tsv", non_empty=True),
+            ensure(layout.SUMMARY, non_empty=True),
             category="Evaluation",
             caption="../report/summary.rst",
             labels={"table": "summary: fold std vs seed std"},
         ),
-        summary_json="results/eval/summary.json",
-        table_md="results/eval/table.md",
+        summary_json=layout.SUMMARY_JSON,
+        table_md=layout.TABLE_MD,
         table_tsv=report(
-            "results/eval/table.tsv",
+            layout.TABLE_TSV,
             category="Evaluation",
             labels={"table": "results (mean ± std, CIs)"},
         ),

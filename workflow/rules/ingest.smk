@@ -14,8 +14,8 @@ if CFG.source.kind == "omero":
 
 rule ingest:
     output:
-        manifest=ensure("results/data/manifest.tsv", non_empty=True),
-        manifest_json="results/data/manifest.json",
+        manifest=ensure(layout.MANIFEST, non_empty=True),
+        manifest_json=layout.MANIFEST_JSON,
     log:
         "logs/ingest/ingest.log",
     benchmark:

@@ -4,17 +4,17 @@
 
 
 # The first training job's environment and energy stand for the run's (all are in the report).
-FIRST_JOB = f"results/models/{MODELS[0]}/fold{FOLDS[0]}/seed{SEEDS[0]}"
+FIRST_JOB = {"model": MODELS[0], "fold": FOLDS[0], "seed": SEEDS[0]}
 
 
 rule metadata:
     input:
-        manifest="results/data/manifest.tsv",
-        qc="results/qc/qc.json",
+        manifest=layout.MANIFEST,
+        qc=layout.QC_JSON,
     output:
-        json="results/metadata/dataset.json",
-        tsv="results/metadata/dataset.tsv",
-        config="results/metadata/config.yaml",
+        json=layout.DATASET_JSON,
+        tsv=layout.DATASET_TSV,
+        config=layout.RESOLVED_CONFIG,
     log:
         "logs/metadata/metadata.log",
     conda:
@@ -33,17 +33,17 @@ rule metadata:
 
 rule dome:
     input:
-        splits="results/splits/splits.json",
-        summary="results/eval/summary.json",
-        manifest="results/data/manifest.json",
-        qc="results/qc/qc.json",
-        config="results/metadata/config.yaml",
-        environment=f"{FIRST_JOB}/environment.json",
-        emissions=f"{FIRST_JOB}/emissions.json",
+        splits=layout.SPLITS,
+        summary=layout.SUMMARY_JSON,
+        manifest=layout.MANIFEST_JSON,
+        qc=layout.QC_JSON,
+        config=layout.RESOLVED_CONFIG,
+        environment=layout.fill(layout.ENVIRONMENT, **FIRST_JOB),
+        emissions=layout.fill(layout.EMISSIONS, **FIRST_JOB),
     output:
-        json="results/metadata/dome.json",
+        json=layout.DOME_JSON,
         md=report(
-            "results/metadata/dome.md",
+            layout.DOME_MD,
             category="Metadata",
             caption="../report/dome.rst",
             labels={"record": "DOME"},

@@ -9,14 +9,10 @@ wildcard_constraints:
 
 rule predict:
     input:
-        image="predict/{name}.nii.gz",
-        models=expand(
-            "results/models/{{model}}/fold{fold}/seed{seed}/model.pt",
-            fold=FOLDS,
-            seed=SEEDS[:1],
-        ),
+        image=layout.PREDICT_IMAGE,
+        models=expand(layout.MODEL, fold=FOLDS, seed=SEEDS[:1], allow_missing=True),
     output:
-        label="results/predictions/{model}/{name}.nii.gz",
+        label=layout.PREDICTION,
     log:
         "logs/predict/{model}_{name}.log",
     benchmark:

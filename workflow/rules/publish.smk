@@ -4,36 +4,27 @@
 # validation Dice (reproseg.publish.common).
 
 
-# The environment lock file lives at the repository root (two levels above this file).
-LOCK_FILE = str(
-    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]
-    / "requirements.lock"
-)
+# The environment lock file lives at the repository root.
+LOCK_FILE = str(REPO / "requirements.lock")
 
 
 # Training and evaluation outputs both publishing rules read (the ensemble's test metrics
 # only when the ensemble is the published model).
 PUBLISH_INPUTS = {
-    "models": train_jobs("results/models/{model}/fold{fold}/seed{seed}/model.pt"),
-    "histories": train_jobs("results/models/{model}/fold{fold}/seed{seed}/history.tsv"),
-    "environments": train_jobs(
-        "results/models/{model}/fold{fold}/seed{seed}/environment.json"
-    ),
-    "metrics": train_jobs("results/eval/{model}/fold{fold}/seed{seed}/metrics.tsv"),
+    "models": train_jobs(layout.MODEL),
+    "histories": train_jobs(layout.HISTORY),
+    "environments": train_jobs(layout.ENVIRONMENT),
+    "metrics": train_jobs(layout.METRICS),
     "ensemble": (
-        expand(
-            "results/eval/{model}/ensemble/seed{seed}/metrics.tsv",
-            model=MODELS,
-            seed=SEEDS,
-        )
+        expand(layout.ENSEMBLE_METRICS, model=MODELS, seed=SEEDS)
         if CFG.publish.mlflow.final_model == "ensemble"
         else []
     ),
-    "summary": "results/eval/summary.json",
-    "table": "results/eval/table.md",
-    "splits": "results/splits/splits.json",
-    "manifest": "results/data/manifest.json",
-    "manifest_tsv": "results/data/manifest.tsv",
+    "summary": layout.SUMMARY_JSON,
+    "table": layout.TABLE_MD,
+    "splits": layout.SPLITS,
+    "manifest": layout.MANIFEST_JSON,
+    "manifest_tsv": layout.MANIFEST,
 }
 
 
@@ -42,7 +33,7 @@ rule publish_mlflow:
         **PUBLISH_INPUTS,
         lock=LOCK_FILE,
     output:
-        json="results/publish/mlflow.json",
+        json=layout.MLFLOW_RECORD,
     log:
         "logs/publish/publish_mlflow.log",
     benchmark:
@@ -65,9 +56,9 @@ rule export_bioimageio:
     input:
         **PUBLISH_INPUTS,
     output:
-        zip=f"results/publish/bioimageio/{CFG.run_name}.zip",
-        folder=directory(f"results/publish/bioimageio/{CFG.run_name}"),
-        test=f"results/publish/bioimageio/{CFG.run_name}.test.json",
+        zip=layout.fill(layout.BIOIMAGEIO_ZIP, run_name=CFG.run_name),
+        folder=directory(layout.fill(layout.BIOIMAGEIO_DIR, run_name=CFG.run_name)),
+        test=layout.fill(layout.BIOIMAGEIO_TEST, run_name=CFG.run_name),
     log:
         "logs/publish/export_bioimageio.log",
     benchmark:

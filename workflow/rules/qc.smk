@@ -5,11 +5,11 @@
 
 rule qc:
     input:
-        manifest="results/data/manifest.tsv",
+        manifest=layout.MANIFEST,
     output:
-        inputs="results/qc/inputs.tsv",
-        qc_json="results/qc/qc.json",
-        qc_md="results/qc/qc.md",
+        inputs=layout.QC_INPUTS,
+        qc_json=layout.QC_JSON,
+        qc_md=layout.QC_MD,
     log:
         "logs/qc/qc.log",
     benchmark:

@@ -4,42 +4,41 @@
 
 # Named inputs of the report; the optional ones only when their step is enabled.
 REPORT_INPUTS = {
-    "table_tsv": "results/eval/table.tsv",
-    "table_md": "results/eval/table.md",
-    "summary": "results/eval/summary.tsv",
-    "per_case": "results/eval/per_case.tsv",
-    "interrater": "results/eval/interrater.tsv",
-    "qc_json": "results/qc/qc.json",
-    "qc_md": "results/qc/qc.md",
-    "splits": "results/splits/splits.json",
-    "manifest": "results/data/manifest.json",
-    "dome": "results/metadata/dome.json",
-    "histories": train_jobs("results/models/{model}/fold{fold}/seed{seed}/history.tsv"),
-    "environments": train_jobs(
-        "results/models/{model}/fold{fold}/seed{seed}/environment.json"
-    ),
-    "emissions": train_jobs(
-        "results/models/{model}/fold{fold}/seed{seed}/emissions.json"
-    ),
+    "table_tsv": layout.TABLE_TSV,
+    "table_md": layout.TABLE_MD,
+    "summary": layout.SUMMARY,
+    "per_case": layout.PER_CASE,
+    "interrater": layout.INTERRATER,
+    "qc_json": layout.QC_JSON,
+    "qc_md": layout.QC_MD,
+    "splits": layout.SPLITS,
+    "manifest": layout.MANIFEST_JSON,
+    "dome": layout.DOME_JSON,
+    "histories": train_jobs(layout.HISTORY),
+    "environments": train_jobs(layout.ENVIRONMENT),
+    "emissions": train_jobs(layout.EMISSIONS),
     # overlays: test-set predictions of the first model, first fold, first seed
-    "predictions": f"results/predictions/{MODELS[0]}/fold{FOLDS[0]}/seed{SEEDS[0]}",
+    "predictions": layout.fill(
+        layout.PREDICTIONS, model=MODELS[0], fold=FOLDS[0], seed=SEEDS[0]
+    ),
 }
 if CFG.publish.mlflow.enabled:
-    REPORT_INPUTS["mlflow"] = "results/publish/mlflow.json"
+    REPORT_INPUTS["mlflow"] = layout.MLFLOW_RECORD
 if CFG.publish.bioimageio.enabled:
-    REPORT_INPUTS["bioimageio"] = f"results/publish/bioimageio/{CFG.run_name}.zip"
+    REPORT_INPUTS["bioimageio"] = layout.fill(
+        layout.BIOIMAGEIO_ZIP, run_name=CFG.run_name
+    )
 
 # The run's --configfile overlays (the repository's config/config.yaml is always loaded),
 # relative to the repository when inside it: the report prints the command to rerun.
-REPO_DIR = Path(workflow.current_basedir).parents[1].resolve()
 OVERLAY_CONFIGFILES = [
     (
-        str(Path(f).resolve().relative_to(REPO_DIR))
-        if Path(f).resolve().is_relative_to(REPO_DIR)
+        str(Path(f).resolve().relative_to(REPO))
+        if Path(f).resolve().is_relative_to(REPO)
         else str(f)
     )
     for f in workflow.configfiles
-    if Path(f).resolve() != REPO_DIR / "config" / "config.yaml"
+    if Path(f).resolve() != REPO / "config" / "config.yaml"
 ]
 
 
@@ -47,10 +46,10 @@ rule report:
     input:
         **REPORT_INPUTS,
         # not Python, so not in the code hash: an input, so that editing it reruns the report
-        template=str(REPO_DIR / "src" / "reproseg" / "templates" / "report.html.j2"),
+        template=str(REPO / "src" / "reproseg" / "templates" / "report.html.j2"),
     output:
         html=report(
-            ensure("results/report.html", non_empty=True),
+            ensure(layout.REPORT, non_empty=True),
             category="Report",
             caption="../report/report.rst",
         ),

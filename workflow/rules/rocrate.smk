@@ -5,17 +5,21 @@
 
 rule rocrate:
     input:
-        report="results/report.html",
-        dome="results/metadata/dome.json",
-        dataset="results/metadata/dataset.json",
-        config="results/metadata/config.yaml",
-        summary="results/eval/summary.tsv",
-        publish=[t for t in publish_targets() if t.startswith("results/publish/")],
-        models=train_jobs("results/models/{model}/fold{fold}/seed{seed}/model.pt"),
+        report=layout.REPORT,
+        dome=layout.DOME_JSON,
+        dataset=layout.DATASET_JSON,
+        config=layout.RESOLVED_CONFIG,
+        summary=layout.SUMMARY,
+        publish=[
+            t
+            for t in publish_targets()
+            if t not in (layout.CRATE_JSON, layout.DOME_JSON)
+        ],
+        models=train_jobs(layout.MODEL),
     output:
-        json="results/ro-crate-metadata.json",
-        zip="results/ro-crate.zip",
-        workflow=directory("results/workflow"),
+        json=layout.CRATE_JSON,
+        zip=layout.CRATE_ZIP,
+        workflow=directory(layout.CRATE_WORKFLOW),
     log:
         "logs/publish/rocrate.log",
     benchmark:
@@ -27,7 +31,7 @@ rule rocrate:
         mem_mb=2000,
         runtime=15,
     params:
-        repo=str(Path(workflow.current_basedir).parents[1]),
+        repo=str(REPO),
         metadata=CFG.metadata.model_dump(),
         code=code_hash("reproseg.rocrate"),
     script:

@@ -3,10 +3,10 @@
 
 rule split:
     input:
-        manifest="results/data/manifest.tsv",
-        qc="results/qc/qc.json",
+        manifest=layout.MANIFEST,
+        qc=layout.QC_JSON,
     output:
-        splits=ensure("results/splits/splits.json", non_empty=True),
+        splits=ensure(layout.SPLITS, non_empty=True),
     log:
         "logs/split/split.log",
     conda:

@@ -5,18 +5,16 @@
 
 rule train:
     input:
-        manifest="results/data/manifest.tsv",
-        splits="results/splits/splits.json",
+        manifest=layout.MANIFEST,
+        splits=layout.SPLITS,
     output:
-        model=ensure(
-            "results/models/{model}/fold{fold}/seed{seed}/model.pt", non_empty=True
-        ),
-        history="results/models/{model}/fold{fold}/seed{seed}/history.tsv",
-        preprocessing="results/models/{model}/fold{fold}/seed{seed}/preprocessing.json",
-        environment="results/models/{model}/fold{fold}/seed{seed}/environment.json",
-        emissions="results/models/{model}/fold{fold}/seed{seed}/emissions.json",
+        model=ensure(layout.MODEL, non_empty=True),
+        history=layout.HISTORY,
+        preprocessing=layout.PREPROCESSING,
+        environment=layout.ENVIRONMENT,
+        emissions=layout.EMISSIONS,
         curve=report(
-            "results/models/{model}/fold{fold}/seed{seed}/history.png",
+            layout.CURVE,
             category="Training",
             subcategory="{model}",
             labels={"model": "{model}", "fold": "{fold}", "seed": "{seed}"},

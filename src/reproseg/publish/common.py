@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reproseg import layout
 from reproseg.config import Config
 from reproseg.io import read_tsv
 
@@ -41,19 +42,17 @@ class Job:
         return f"{self.model}/fold{self.fold}/seed{self.seed}"
 
     @property
+    def wildcards(self) -> dict[str, object]:
+        """The job's wildcards in the run layout (:mod:`reproseg.layout`)."""
+        return {"model": self.model, "fold": self.fold, "seed": self.seed}
+
+    @property
     def model_dir(self) -> Path:
-        return self.results / "models" / self.model / f"fold{self.fold}" / f"seed{self.seed}"
+        return layout.in_results(layout.MODEL_DIR, self.results, **self.wildcards)
 
     @property
     def metrics_tsv(self) -> Path:
-        return (
-            self.results
-            / "eval"
-            / self.model
-            / f"fold{self.fold}"
-            / f"seed{self.seed}"
-            / "metrics.tsv"
-        )
+        return layout.in_results(layout.METRICS, self.results, **self.wildcards)
 
 
 def training_jobs(cfg: Config, results: Path) -> list[Job]:
@@ -131,13 +130,8 @@ class FinalModel:
         """Per-case metrics of this model on the test set (ensemble: evaluate_ensemble's)."""
         first = self.members[0]
         if self.kind == "ensemble":
-            return (
-                first.results
-                / "eval"
-                / first.model
-                / "ensemble"
-                / f"seed{first.seed}"
-                / "metrics.tsv"
+            return layout.in_results(
+                layout.ENSEMBLE_METRICS, first.results, model=first.model, seed=first.seed
             )
         return first.metrics_tsv
 
