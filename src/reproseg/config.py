@@ -12,7 +12,7 @@ belong in Snakemake profiles.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -146,6 +146,43 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0, le=1, description="Dropout probability.")
 
 
+class PreprocessConfig(_Strict):
+    """Physical working grid and the on-disk preprocessed cache (reproseg.preprocess)."""
+
+    target_spacing: Literal["auto"] | Annotated[list[float], Field(min_length=3, max_length=3)] = (
+        Field(
+            "auto",
+            description="Working-grid spacing (x, y, z) mm, or auto: median spacing of the "
+            "development cases with nnU-Net's anisotropy rule.",
+        )
+    )
+    anisotropy_threshold: float = Field(
+        3.0,
+        gt=1,
+        description="auto: max/min median spacing above which the low-res axis "
+        "takes its 10th percentile.",
+    )
+    interpolation: Literal["linear", "bspline"] = Field(
+        "linear", description="Image interpolation when resampling (SimpleITK)."
+    )
+    label_interpolation: Literal["nearest", "onehot_linear"] = Field(
+        "nearest", description="Label resampling: nearest neighbour or one-hot linear + argmax."
+    )
+    crop: Literal["body", "nonzero", "none"] = Field(
+        "body", description="Crop to the body (image > body_threshold), nonzero voxels, or none."
+    )
+    body_threshold: float = Field(-500.0, description="crop: body: intensity threshold (CT HU).")
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Storage type of the cached images."
+    )
+    intensity_samples_per_case: int = Field(
+        10000, ge=100, description="Foreground voxels sampled per case for the statistics."
+    )
+    memory_budget_mb: float = Field(
+        2000.0, gt=0, description="Training activation budget (MiB) for train.patch_size: auto."
+    )
+
+
 class TrainConfig(_Strict):
     """Training settings shared by every (model, fold, seed) job."""
 
@@ -157,8 +194,10 @@ class TrainConfig(_Strict):
     epochs: int = Field(30, ge=1, description="Training epochs.")
     steps_per_epoch: int = Field(20, ge=1, description="Optimiser steps per epoch.")
     batch_size: int = Field(2, ge=1, description="Patches per step.")
-    patch_size: list[int] = Field(
-        [48, 48, 48], min_length=3, max_length=3, description="Patch size."
+    patch_size: Annotated[list[int], Field(min_length=3, max_length=3)] | Literal["auto"] = Field(
+        [48, 48, 48],
+        description="Patch size in voxels of the working grid, or auto: the largest patch "
+        "that fits preprocess.memory_budget_mb (reproseg.fingerprint).",
     )
     foreground_ratio: float = Field(
         0.67, ge=0, le=1, description="Share of patches centred on foreground."
@@ -251,6 +290,7 @@ class Config(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig)
     qc: QCConfig = Field(default_factory=QCConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
