@@ -49,18 +49,14 @@ OVERLAY: dict[str, Any] = {
 }
 
 
-def state_dict_sha256(path: Path) -> str:
-    """Hash of a model file's weights only: sorted tensor names, dtypes, shapes and bytes."""
+def weights_sha256(path: Path) -> str:
+    """Hash of a model file's weights only (names, dtypes, shapes and bytes of its tensors)."""
     import torch
 
+    from reproseg.determinism import state_dict_sha256
+
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = obj["state_dict"]
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.flatten().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_dict_sha256(obj["state_dict"])
 
 
 def nifti_sha256(path: Path) -> str:
@@ -75,7 +71,7 @@ def output_hashes(workdir: Path) -> dict[str, str]:
     """``{relative path: hash}`` of every compared output of a run in ``workdir``."""
     hashes: dict[str, str] = {}
     for p in sorted((workdir / "results/models").rglob("model.pt")):
-        hashes[f"{p.relative_to(workdir).as_posix()}#state_dict"] = state_dict_sha256(p)
+        hashes[f"{p.relative_to(workdir).as_posix()}#state_dict"] = weights_sha256(p)
     for rel in ("results/splits/splits.json", TARGET):
         hashes[rel] = sha256_file(workdir / rel)
     for p in sorted((workdir / "results/predictions").rglob("*.nii.gz")):
