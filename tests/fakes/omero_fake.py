@@ -20,6 +20,19 @@ relies on it:
   rejects dtypes OMERO has no pixel type for; ``createFileAnnfromLocalFile``;
   ``getUpdateService().saveObject/saveAndReturnObject``.
 * Objects returned to a client are copies: changes reach the server only when saved.
+* Groups: each user is a member of one or more groups (the first is the default group of a
+  session without ``group=``). Every object lives in one group. Reads see the groups of the
+  context (``omero.group`` of ``SERVICE_OPTS`` for gateway methods, of the explicit ``ctx``
+  argument for service calls; without one, the session's group; ``-1``: all the user's
+  groups), so an object in another group is ``None``/absent, as on a real server. A save
+  under ``omero.group=-1`` fails with the server's own message (``Make sure that you have not
+  passed omero.group=-1 for a save without context``); a save into a group the user is not
+  in, or a link between objects of two groups, is a ``SecurityViolation``.
+* Pixels: ``PixelsWrapper.getPlane`` goes through ``getPlanes`` -> ``getTiles``, which, like
+  omero-py, open one RawPixelsStore per call (``createRawPixelsStore``, ``setPixelsId``), read
+  each plane or tile, then ``close`` it. ``server.calls`` counts each of these round trips
+  (``server.round_trips`` is their sum), ``latency_s`` adds a delay to each. A plane larger
+  than ``max_plane_size`` (a pyramid image) can only be read by tiles.
 * Fault injection: ``fail_plane_calls`` (the Nth ``getPlane`` call drops the connection,
   which then stays dead; a fresh connection works), ``truncate_files`` (short downloads),
   ``corrupt_files`` (a flipped byte), ``echo_secret_on_image`` (a server error that repeats
@@ -32,6 +45,7 @@ import copy
 import hashlib
 import itertools
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,6 +62,30 @@ class ConnectionLostError(ConnectionError):
 
 class ClientError(Exception):
     """Stands for omero.ClientError."""
+
+
+class ServerError(Exception):
+    """Stands for omero.ServerError (the base of the server's exceptions)."""
+
+
+class InternalException(ServerError):
+    """Stands for omero.InternalException (a Java exception inside the server)."""
+
+
+class SecurityViolation(ServerError):
+    """Stands for omero.SecurityViolation."""
+
+
+class ApiUsageException(ServerError):
+    """Stands for omero.ApiUsageException."""
+
+
+#: What OMERO 5.6 answers to a save whose context is omero.group=-1 (ome.model.internal.Permissions).
+SAVE_UNDER_ALL_GROUPS = (
+    "java.lang.IllegalArgumentException: No valid permissions available! DUMMY permissions are "
+    "not intended for copying. Make sure that you have not passed omero.group=-1 for a save "
+    "without context"
+)
 
 
 class PixelTypeError(Exception):
@@ -206,6 +244,7 @@ class PolygonI(ShapeI):
 class RoiI(_ModelObject):
     name = description = None
     image = None
+    group_id: int | None = None  # set by the server on save
 
     getName, setName = _field("name")
     getDescription, setDescription = _field("description")
@@ -262,6 +301,7 @@ class _Annotation:
         self, aid: int, kind: str, ns: str | None = None, description: str | None = None
     ) -> None:
         self.id, self.kind, self.ns, self.description = aid, kind, ns, description
+        self.group: int | None = None
         self.file: _OriginalFile | None = None
         self.pairs: list[tuple[str, str]] = []
         self.text = ""
@@ -278,6 +318,7 @@ class _Image:
         self.pixels = PixelsI(iid, (x, y, z), str(planes.dtype))
         self.annotations: list[int] = []
         self.description = ""
+        self.group: int | None = None
 
 
 class FakeServer:
@@ -291,7 +332,13 @@ class FakeServer:
     ) -> None:
         self.host = host
         self.users = dict(users or {"alice": "pa55-word-xyz"})
+        #: Session keys; a joined session belongs to the first user.
         self.session_keys = set(session_keys or set())
+        self._group_ids = itertools.count(3)  # 0 system, 1 user, 2 guest on a real server
+        self.groups: dict[int, str] = {}
+        self.members: dict[str, list[int]] = {u: [] for u in self.users}
+        #: Every user is in this group, their default unless ``add_group(..., default=True)``.
+        self.default_group = self.add_group("default", list(self.users))
         self.killed_sessions: set[str] = set()
         self._ids = itertools.count(1)
         self.projects: dict[int, dict[str, Any]] = {}
@@ -300,6 +347,12 @@ class FakeServer:
         self.annotations: dict[int, _Annotation] = {}
         self.rois: dict[int, list[RoiI]] = {}
         self.plane_calls = 0
+        self.calls: dict[str, int] = dict.fromkeys(
+            ("createRawPixelsStore", "setPixelsId", "getPlane", "getTile", "close"), 0
+        )
+        self.latency_s = 0.0
+        #: omero.pixeldata.max_plane_width/height (OMERO's default 3192).
+        self.max_plane_size = (3192, 3192)
         self.fail_plane_calls: set[int] = set()
         self.truncate_files: set[int] = set()
         self.corrupt_files: set[int] = set()
@@ -311,14 +364,35 @@ class FakeServer:
     def new_id(self) -> int:
         return next(self._ids)
 
-    def add_project(self, name: str) -> int:
+    def add_group(self, name: str, members: list[str], default: bool = False) -> int:
+        """A group; ``default``: it becomes the members' default group."""
+        gid = next(self._group_ids)
+        self.groups[gid] = name
+        for user in members:
+            groups = self.members.setdefault(user, [])
+            groups.insert(0, gid) if default else groups.append(gid)
+        return gid
+
+    @property
+    def round_trips(self) -> int:
+        """Pixel-reading calls to the server (RawPixelsStore create/setPixelsId/read/close)."""
+        return sum(self.calls.values())
+
+    def _call(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.latency_s:
+            time.sleep(self.latency_s)
+
+    def add_project(self, name: str, group: int | None = None) -> int:
         pid = self.new_id()
-        self.projects[pid] = {"name": name, "datasets": []}
+        self.projects[pid] = {"name": name, "datasets": [], "group": group or self.default_group}
         return pid
 
-    def add_dataset(self, name: str, project: int | None = None) -> int:
+    def add_dataset(self, name: str, project: int | None = None, group: int | None = None) -> int:
         did = self.new_id()
-        self.datasets[did] = {"name": name, "images": []}
+        if project is not None and group is None:
+            group = self.projects[project]["group"]
+        self.datasets[did] = {"name": name, "images": [], "group": group or self.default_group}
         if project is not None:
             self.projects[project]["datasets"].append(did)
         return did
@@ -331,12 +405,19 @@ class FakeServer:
         unit: str = "MILLIMETER",
         dataset: int | None = None,
         size_c: int = 1,
+        group: int | None = None,
     ) -> int:
-        """An image from an ``(x, y, z)`` volume; ``spacing`` in ``unit`` (None: no sizes)."""
+        """An image from an ``(x, y, z)`` volume; ``spacing`` in ``unit`` (None: no sizes).
+
+        The image lives in ``group``, else its dataset's group, else the default group.
+        """
         iid = self.new_id()
         img = _Image(
             iid, name, np.ascontiguousarray(np.transpose(volume_xyz, (2, 1, 0))), size_c=size_c
         )
+        if group is None and dataset is not None:
+            group = self.datasets[dataset]["group"]
+        img.group = group or self.default_group
         if spacing is not None:
             u = getattr(UnitsLength, unit)
             img.pixels.physicalSizeX = LengthI(spacing[0], u)
@@ -357,6 +438,7 @@ class FakeServer:
     ) -> int:
         ann = _Annotation(self.new_id(), "file", ns, description)
         ann.file = _OriginalFile(self.new_id(), name, data)
+        ann.group = self.images[iid].group
         self.annotations[ann.id] = ann
         self.images[iid].annotations.append(ann.id)
         return ann.id
@@ -369,6 +451,7 @@ class FakeServer:
     ) -> int:
         ann = _Annotation(self.new_id(), "map", ns)
         ann.pairs = list(pairs.items()) if isinstance(pairs, dict) else list(pairs)
+        ann.group = self.images[iid].group
         self.annotations[ann.id] = ann
         self.images[iid].annotations.append(ann.id)
         return ann.id
@@ -376,6 +459,7 @@ class FakeServer:
     def add_tag(self, text: str, images: list[int]) -> int:
         ann = _Annotation(self.new_id(), "tag")
         ann.text = text
+        ann.group = self.images[images[0]].group if images else self.default_group
         self.annotations[ann.id] = ann
         for iid in images:
             self.images[iid].annotations.append(ann.id)
@@ -388,8 +472,41 @@ class FakeServer:
         for shape in roi.copyShapes():
             shape.id = rlong(self.new_id())
         roi.image = ImageI(iid)
+        roi.group_id = self.images[iid].group
         self.rois.setdefault(iid, []).append(roi)
         return roi.id.val
+
+    # -- group context (what the server derives from the session and the call's context)
+    def read_groups(self, user: str, session_group: int, context_group: Any) -> set[int]:
+        """Groups a read may see: the context's group, all of the user's for -1."""
+        if context_group in (None, ""):
+            return {session_group}
+        gid = int(context_group)
+        if gid == -1:
+            return set(self.members[user])
+        if gid not in self.members[user]:
+            raise SecurityViolation(f"User {user} is not a member of group {gid}")
+        return {gid}
+
+    def write_group(self, user: str, session_group: int, context_group: Any) -> int:
+        """The group a new object is saved in; -1 is refused like the real server does."""
+        if context_group in (None, ""):
+            return session_group
+        gid = int(context_group)
+        if gid == -1:
+            raise InternalException(SAVE_UNDER_ALL_GROUPS)
+        if gid not in self.members[user]:
+            raise SecurityViolation(f"User {user} is not a member of group {gid}")
+        return gid
+
+    def group_of(self, kind: str, oid: int) -> int:
+        if kind == "image":
+            return self.images[oid].group  # type: ignore[return-value]
+        if kind == "dataset":
+            return self.datasets[oid]["group"]  # type: ignore[no-any-return]
+        if kind == "project":
+            return self.projects[oid]["group"]  # type: ignore[no-any-return]
+        return self.annotations[oid].group  # type: ignore[return-value]
 
     # -- inspection helpers for tests
     def image_volume(self, iid: int) -> np.ndarray:
@@ -407,9 +524,38 @@ class FakeServer:
 # ----------------------------------------------------------------------------- wrappers
 
 
+class ExperimenterGroupWrapper:
+    def __init__(self, gid: int, name: str) -> None:
+        self._gid, self._name = gid, name
+
+    def getId(self) -> int:
+        return self._gid
+
+    def getName(self) -> str:
+        return self._name
+
+
+class DetailsWrapper:
+    def __init__(self, group: ExperimenterGroupWrapper | None) -> None:
+        self._group = group
+
+    def getGroup(self) -> ExperimenterGroupWrapper | None:
+        return self._group
+
+
 class _Wrapper:
     def __init__(self, conn: BlitzGateway) -> None:
         self._conn = conn
+
+    def _group_id(self) -> int | None:
+        return None
+
+    def getDetails(self) -> DetailsWrapper:
+        """The object's details; only its group is modelled."""
+        gid = self._group_id()
+        server = self._conn._server
+        name = server.groups[gid] if (gid is not None and server is not None) else ""
+        return DetailsWrapper(None if gid is None else ExperimenterGroupWrapper(gid, name))
 
 
 class OriginalFileWrapper(_Wrapper):
@@ -458,6 +604,9 @@ class AnnotationWrapper(_Wrapper):
     def getDescription(self) -> str | None:
         return self._ann.description  # type: ignore[union-attr]
 
+    def _group_id(self) -> int | None:
+        return None if self._ann is None else self._ann.group
+
 
 class FileAnnotationWrapper(AnnotationWrapper):
     def getFile(self) -> OriginalFileWrapper:
@@ -493,10 +642,13 @@ class MapAnnotationWrapper(AnnotationWrapper):
         self._pending = [NamedValue(str(k), str(v)) for k, v in val]
 
     def save(self) -> None:
+        # omero-py: ctx = SERVICE_OPTS.copy(), the object's own group only once it exists.
         self._conn._check()
         server = self._conn._server
+        group = self._conn._write_group(self._conn.SERVICE_OPTS.getOmeroGroup())
         ann = _Annotation(server.new_id(), "map", self._pending_ns)
         ann.pairs = [(nv.name, nv.value) for nv in self._pending]
+        ann.group = group
         server.annotations[ann.id] = ann
         self._ann = ann
 
@@ -511,7 +663,61 @@ _WRAPPERS = {
 }
 
 
+class _RawPixelsStore:
+    """omero.api.RawPixelsStore: a stateful service; every method is one round trip."""
+
+    def __init__(self, conn: BlitzGateway) -> None:
+        self._conn = conn
+        self._image: _Image | None = None
+        conn._check()
+        conn._server._call("createRawPixelsStore")  # type: ignore[union-attr]
+
+    def setPixelsId(self, pid: int, bypass: bool, ctx: Any = None) -> None:
+        self._conn._check()
+        server = self._conn._server
+        assert server is not None
+        server._call("setPixelsId")
+        image = server.images.get(int(pid))
+        if image is None or image.group not in self._conn._read_groups(_ctx_group(ctx)):
+            raise SecurityViolation(f"Pixels:{pid} not readable in this context")
+        self._image = image
+
+    def _read(self, z: int, c: int, t: int, tile: tuple[int, int, int, int] | None) -> np.ndarray:
+        self._conn._check()
+        server = self._conn._server
+        image = self._image
+        assert server is not None and image is not None
+        server._call("getPlane" if tile is None else "getTile")
+        server.plane_calls += 1
+        if server.plane_calls in server.fail_plane_calls:
+            self._conn._dead = True
+            raise ConnectionLostError("Ice.ConnectionLostException: recv() returned zero")
+        if not (0 <= z < image.planes.shape[0] and c == 0 and t == 0):
+            raise ApiUsageException(f"no plane z={z} c={c} t={t}")
+        size_y, size_x = image.planes.shape[1:]
+        if tile is None:
+            max_x, max_y = server.max_plane_size
+            if size_x * size_y > max_x * max_y:
+                raise ApiUsageException(
+                    f"Pixels:{image.id}: plane {size_x}x{size_y} exceeds the maximum plane size "
+                    f"{max_x}x{max_y}; read it by tiles"
+                )
+            data = image.planes[z]
+        else:
+            x, y, w, h = tile
+            if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > size_x or y + h > size_y:
+                raise ApiUsageException(f"tile {tile} outside the plane {size_x}x{size_y}")
+            data = image.planes[z, y : y + h, x : x + w]
+        # omero-py unpacks the server's big-endian bytes into the pixel type's numpy dtype
+        return np.array(data, dtype=image.planes.dtype.newbyteorder(">"))
+
+    def close(self) -> None:
+        self._conn._server._call("close")  # type: ignore[union-attr]
+
+
 class PixelsWrapper(_Wrapper):
+    """``getPlane``/``getPlanes``/``getTile``/``getTiles`` with omero-py's call structure."""
+
     def __init__(self, conn: BlitzGateway, image: _Image) -> None:
         super().__init__(conn)
         self._image = image
@@ -520,29 +726,45 @@ class PixelsWrapper(_Wrapper):
     def getId(self) -> int:
         return self._image.id
 
+    def _group_id(self) -> int | None:
+        return self._image.group
+
+    def getTiles(self, zctTileList: list[tuple[int, int, int, Any]]) -> Any:
+        """Generator of planes/tiles; one RawPixelsStore for the whole list (as omero-py)."""
+        store = _RawPixelsStore(self._conn)
+        try:
+            store.setPixelsId(self._image.id, True, self._conn.SERVICE_OPTS)
+            for z, c, t, tile in zctTileList:
+                yield store._read(z, c, t, None if tile is None else tuple(tile))
+        finally:
+            if not self._conn._dead:
+                store.close()
+
+    def getPlanes(self, zctList: list[tuple[int, int, int]]) -> Any:
+        return self.getTiles([(z, c, t, None) for z, c, t in zctList])
+
     def getPlane(self, theZ: int = 0, theC: int = 0, theT: int = 0) -> np.ndarray:
-        self._conn._check()
-        server = self._conn._server
-        server.plane_calls += 1
-        if server.plane_calls in server.fail_plane_calls:
-            self._conn._dead = True
-            raise ConnectionLostError("Ice.ConnectionLostException: recv() returned zero")
-        if not (0 <= theZ < self._image.planes.shape[0] and theC == 0 and theT == 0):
-            raise ValueError(f"no plane z={theZ} c={theC} t={theT}")
-        # omero-py decodes big-endian bytes from the server; the dtype matches the pixel type
-        return self._image.planes[theZ].astype(self._image.planes.dtype.newbyteorder(">"))
+        (plane,) = list(self.getPlanes([(theZ, theC, theT)]))  # as omero-py: store closed
+        return plane
+
+    def getTile(self, theZ: int = 0, theC: int = 0, theT: int = 0, tile: Any = None) -> np.ndarray:
+        (data,) = list(self.getTiles([(theZ, theC, theT, tile)]))
+        return data
 
 
 class DatasetWrapper(_Wrapper):
-    def __init__(self, conn: BlitzGateway, did: int, name: str) -> None:
+    def __init__(self, conn: BlitzGateway, did: int, name: str, group: int | None = None) -> None:
         super().__init__(conn)
-        self._did, self._name = did, name
+        self._did, self._name, self._group = did, name, group
 
     def getId(self) -> int:
         return self._did
 
     def getName(self) -> str:
         return self._name
+
+    def _group_id(self) -> int | None:
+        return self._group
 
 
 class ImageWrapper(_Wrapper):
@@ -554,8 +776,15 @@ class ImageWrapper(_Wrapper):
     def getId(self) -> int:
         return self._image.id
 
+    def _group_id(self) -> int | None:
+        return self._image.group
+
     def getName(self) -> str:
         return self._image.name
+
+    def requiresPixelsPyramid(self) -> bool:
+        max_x, max_y = self._conn.getMaxPlaneSize()
+        return self.getSizeX() * self.getSizeY() > max_x * max_y
 
     def getDescription(self) -> str:
         return self._image.description
@@ -605,9 +834,15 @@ class ImageWrapper(_Wrapper):
                 yield _WRAPPERS[ann.kind](self._conn, ann)
 
     def linkAnnotation(self, ann: AnnotationWrapper, sameOwner: bool = False) -> AnnotationWrapper:
+        # omero-py saves the link with ctx omero.group = the image's group.
         self._conn._check()
         if ann._ann is None:
             raise ValueError("annotation not saved")
+        if ann._ann.group != self._image.group:
+            raise SecurityViolation(
+                f"cannot link Annotation:{ann._ann.id} (group {ann._ann.group}) to "
+                f"Image:{self._image.id} (group {self._image.group})"
+            )
         if ann._ann.id not in self._image.annotations:
             self._image.annotations.append(ann._ann.id)
         return ann
@@ -626,8 +861,11 @@ class RoiService:
         self._conn = conn
 
     def findByImage(self, imageId: int, opts: Any, ctx: Any = None) -> _RoiResult:
+        """ROIs of the image in the call's context (no ``ctx``: the session's group only)."""
         self._conn._check()
-        return _RoiResult(copy.deepcopy(self._conn._server.rois.get(int(imageId), [])))
+        groups = self._conn._read_groups(_ctx_group(ctx))
+        rois = [r for r in self._conn._server.rois.get(int(imageId), []) if r.group_id in groups]
+        return _RoiResult(copy.deepcopy(rois))
 
 
 class UpdateService:
@@ -640,6 +878,15 @@ class UpdateService:
     def saveAndReturnObject(self, obj: Any, ctx: Any = None) -> Any:
         self._conn._check()
         server = self._conn._server
+        group = self._conn._write_group(_ctx_group(ctx))
+        target = (
+            obj.image_id if isinstance(obj, PixelsI) else unwrap(getattr(obj.image, "id", None))
+        )
+        if target is not None and server.images[target].group != group:
+            raise SecurityViolation(
+                f"{type(obj).__name__} of Image:{target} (group {server.images[target].group}) "
+                f"cannot be saved in group {group}"
+            )
         if isinstance(obj, PixelsI):
             pixels = server.images[obj.image_id].pixels
             pixels.physicalSizeX, pixels.physicalSizeY, pixels.physicalSizeZ = (
@@ -656,15 +903,25 @@ class UpdateService:
         raise TypeError(f"fake UpdateService cannot save {type(obj).__name__}")
 
 
-class _ServiceOpts:
-    def __init__(self) -> None:
-        self.group: str | None = None
+class _ServiceOpts(dict[str, str]):
+    """omero.gateway.utils.ServiceOptsDict: the Ice context sent with each call."""
 
-    def setOmeroGroup(self, group: Any) -> None:
-        self.group = str(group)
+    def setOmeroGroup(self, value: Any = None) -> None:
+        if value is None:
+            self.pop("omero.group", None)
+        else:
+            self["omero.group"] = str(value)
 
     def getOmeroGroup(self) -> str | None:
-        return self.group
+        return self.get("omero.group")
+
+    def copy(self) -> _ServiceOpts:
+        return _ServiceOpts(self)
+
+
+def _ctx_group(ctx: Any) -> str | None:
+    """``omero.group`` of an Ice context (a ServiceOptsDict or a plain dict), or None."""
+    return None if not ctx else ctx.get("omero.group")
 
 
 #: numpy dtype -> OMERO pixel type that createImageFromNumpySeq accepts (others raise).
@@ -697,6 +954,8 @@ class BlitzGateway:
         self._dead = False
         self._session_key: str | None = None
         self.closed_hard: bool | None = None
+        self._user = ""
+        self._session_group = 0
         self.SERVICE_OPTS = _ServiceOpts()
 
     # -- connection
@@ -707,12 +966,54 @@ class BlitzGateway:
         if sUuid is not None:
             ok = sUuid in server.session_keys and sUuid not in server.killed_sessions
             self._session_key = sUuid if ok else None
+            user = next(iter(server.users))
         else:
             ok = self._username in server.users and server.users[self._username] == self._passwd
+            user = str(self._username)
         if ok:
+            groups = server.members[user]
+            if self.group:  # login into a named group: the user must be a member
+                named = [g for g in groups if server.groups[g] == self.group]
+                if not named:
+                    return False
+                self._session_group = named[0]
+            else:
+                self._session_group = groups[0]
+            self._user = user
             self._server, self._connected = server, True
             server.connections.append(self)
         return ok
+
+    # -- group context
+    def getEventContext(self) -> Any:
+        return types.SimpleNamespace(
+            groupId=self._session_group,
+            memberOfGroups=list(self._server.members[self._user]) if self._server else [],
+        )
+
+    def setGroupForSession(self, groupid: int) -> bool | None:
+        """Switch the session's group (None: already there; False: not a member)."""
+        self._check()
+        if int(groupid) == self._session_group:
+            return None
+        if int(groupid) not in self._server.members[self._user]:  # type: ignore[union-attr]
+            return False
+        self._session_group = int(groupid)
+        return True
+
+    def getMaxPlaneSize(self) -> tuple[int, int]:
+        return self._server.max_plane_size  # type: ignore[union-attr]
+
+    def _read_groups(self, context_group: Any) -> set[int]:
+        return self._server.read_groups(self._user, self._session_group, context_group)  # type: ignore[union-attr]
+
+    def _write_group(self, context_group: Any) -> int:
+        return self._server.write_group(self._user, self._session_group, context_group)  # type: ignore[union-attr]
+
+    def _visible(self, kind: str, oid: int) -> bool:
+        """Is the object in a group of this connection's read context (SERVICE_OPTS)?"""
+        groups = self._read_groups(self.SERVICE_OPTS.getOmeroGroup())
+        return self._server.group_of(kind, oid) in groups  # type: ignore[union-attr]
 
     def isConnected(self) -> bool:
         return self._connected and not self._dead
@@ -740,13 +1041,17 @@ class BlitzGateway:
             if oid in server.echo_secret_on_image:
                 raise RuntimeError(f"internal error for session of {self._username}/{self._passwd}")
             img = server.images.get(oid)
-            return None if img is None else ImageWrapper(self, img)
+            return None if img is None or not self._visible(t, oid) else ImageWrapper(self, img)
         if t == "dataset":
             ds = server.datasets.get(oid)
-            return None if ds is None else DatasetWrapper(self, oid, ds["name"])
+            if ds is None or not self._visible(t, oid):
+                return None
+            return DatasetWrapper(self, oid, ds["name"], ds["group"])
         if t == "project":
             pr = server.projects.get(oid)
-            return None if pr is None else DatasetWrapper(self, oid, pr["name"])
+            if pr is None or not self._visible(t, oid):
+                return None
+            return DatasetWrapper(self, oid, pr["name"], pr["group"])
         raise AttributeError(f"Don't know how to handle '{obj_type}'")
 
     def getObjects(
@@ -769,7 +1074,7 @@ class BlitzGateway:
                 else list(server.images)
             )
             for iid in iids:
-                if ids is None or iid in ids:
+                if (ids is None or iid in ids) and self._visible("image", iid):
                     yield ImageWrapper(self, server.images[iid])
         elif t == "dataset":
             dids = (
@@ -778,11 +1083,15 @@ class BlitzGateway:
                 else list(server.datasets)
             )
             for did in dids:
-                yield DatasetWrapper(self, did, server.datasets[did]["name"])
+                if self._visible("dataset", did):
+                    ds = server.datasets[did]
+                    yield DatasetWrapper(self, did, ds["name"], ds["group"])
         elif t == "tagannotation":
             for ann in server.annotations.values():
-                if ann.kind == "tag" and all(
-                    ann.text == v for k, v in attributes.items() if k == "textValue"
+                if (
+                    ann.kind == "tag"
+                    and self._visible("annotation", ann.id)
+                    and all(ann.text == v for k, v in attributes.items() if k == "textValue")
                 ):
                     yield TagAnnotationWrapper(self, ann)
         else:
@@ -793,7 +1102,7 @@ class BlitzGateway:
         server = self._server
         assert server is not None and obj_type.lower() == "image"
         for img in server.images.values():
-            if set(img.annotations) & set(annids):
+            if set(img.annotations) & set(annids) and self._visible("image", img.id):
                 yield ImageWrapper(self, img)
 
     def getRoiService(self) -> RoiService:
@@ -820,6 +1129,13 @@ class BlitzGateway:
         assert server is not None
         if sizeC != 1 or sizeT != 1:
             raise NotImplementedError("fake supports sizeC = sizeT = 1")
+        # omero-py creates the image and links it to the dataset with self.SERVICE_OPTS.
+        group = self._write_group(self.SERVICE_OPTS.getOmeroGroup())
+        if dataset is not None and server.datasets[dataset.getId()]["group"] != group:
+            raise SecurityViolation(
+                f"cannot link an image of group {group} to Dataset:{dataset.getId()} "
+                f"(group {server.datasets[dataset.getId()]['group']})"
+            )
         planes = []
         for _ in range(sizeZ):
             plane = next(zctPlanes)
@@ -835,6 +1151,7 @@ class BlitzGateway:
         iid = server.new_id()
         img = _Image(iid, imageName, np.stack(planes))
         img.description = description or ""
+        img.group = group
         server.images[iid] = img
         if dataset is not None:
             server.datasets[dataset.getId()]["images"].append(iid)
@@ -852,7 +1169,9 @@ class BlitzGateway:
         server = self._server
         assert server is not None
         name = Path(origFilePathAndName or localPath).name
+        group = self._write_group(self.SERVICE_OPTS.getOmeroGroup())  # omero-py: SERVICE_OPTS
         ann = _Annotation(server.new_id(), "file", ns, desc)
+        ann.group = group
         ann.file = _OriginalFile(server.new_id(), name, Path(localPath).read_bytes())
         server.annotations[ann.id] = ann
         return FileAnnotationWrapper(self, ann)
@@ -868,6 +1187,8 @@ def _modules() -> dict[str, types.ModuleType]:
     enums = types.ModuleType("omero.model.enums")
     rtypes = types.ModuleType("omero.rtypes")
     omero.ClientError = ClientError  # type: ignore[attr-defined]
+    for name in ("ServerError", "InternalException", "SecurityViolation", "ApiUsageException"):
+        setattr(omero, name, globals()[name])
     for name in (
         "BlitzGateway",
         "MapAnnotationWrapper",

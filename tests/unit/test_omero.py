@@ -628,3 +628,177 @@ def test_package_modules_form_no_cycle_and_share_no_private_names() -> None:
     for module in graph:
         visit(module, [])
     assert all(hasattr(om, n) for n in om.__all__)
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def _two_groups(server: fake.FakeServer) -> tuple[int, int]:
+    """alice in her default group and in a second lab group; returns (default, lab)."""
+    return server.default_group, server.add_group("lab-b", ["alice"])
+
+
+def _mask_roi(label: np.ndarray, value: int, name: str, rater: str = "r1") -> fake.RoiI:
+    roi = fake.RoiI()
+    roi.setDescription(fake.rstring(f"annotator={rater}"))
+    for z in range(label.shape[2]):
+        plane = label[:, :, z].T == value
+        if plane.any():
+            roi.addShape(_mask(plane, z, name))
+    return roi
+
+
+def test_fake_refuses_saves_under_all_groups_and_hides_other_groups(
+    server: fake.FakeServer, tmp_path: Path
+) -> None:
+    """The fake behaves like the server where the old code went wrong."""
+    home, lab = _two_groups(server)
+    iid = server.add_image("b", volume(1), spacing=(1, 1, 1), group=lab)
+    server.add_roi(iid, _mask_roi(label_volume(), 1, "left"))
+    conn = om.blitz_connect(om.resolve_credentials(ocfg()))
+    assert conn.SERVICE_OPTS.getOmeroGroup() == "-1"
+    image = conn.getObject("Image", iid)  # reads span every group of the user
+    assert image is not None and om_session.group_id_of(image) == lab
+    # A service call without context runs in the session's (default) group only.
+    assert conn.getRoiService().findByImage(iid, None).rois == []
+    assert len(conn.getRoiService().findByImage(iid, None, {"omero.group": str(lab)}).rois) == 1
+    # Saves under -1 fail with the server's message.
+    path = tmp_path / "f.txt"
+    path.write_text("x", encoding="utf-8")
+    with pytest.raises(fake.InternalException, match="omero.group=-1 for a save"):
+        conn.createFileAnnfromLocalFile(str(path), ns="n")
+    ann = fake.MapAnnotationWrapper(conn)
+    ann.setValue([("k", "v")])
+    with pytest.raises(fake.InternalException, match="omero.group=-1 for a save"):
+        ann.save()
+    # In one group, the other group's objects are invisible, and cannot be linked to.
+    conn.SERVICE_OPTS.setOmeroGroup(home)
+    assert conn.getObject("Image", iid) is None
+    ann.save()
+    with pytest.raises(fake.SecurityViolation, match="cannot link"):
+        image.linkAnnotation(ann)
+    stranger = server.add_group("elsewhere", [])
+    with pytest.raises(fake.SecurityViolation):
+        conn.getRoiService().findByImage(iid, None, {"omero.group": str(stranger)})
+
+
+def test_group_context_switches_and_restores_and_refuses_unknown_under_all_groups(
+    server: fake.FakeServer,
+) -> None:
+    _, lab = _two_groups(server)
+    conn = om.blitz_connect(om.resolve_credentials(ocfg()))
+    with om_session.group_context(conn, lab, "Dataset:1"):
+        assert conn.SERVICE_OPTS.getOmeroGroup() == str(lab)
+    assert conn.SERVICE_OPTS.getOmeroGroup() == "-1"
+    with (
+        pytest.raises(ValueError, match=r"Dataset:7: the group .* unknown.*source.omero.group"),
+        om_session.group_context(conn, None, "Dataset:7"),
+    ):
+        pass
+    named = om.blitz_connect(om.resolve_credentials(ocfg(group="lab-b")))
+    assert named.SERVICE_OPTS.getOmeroGroup() is None  # a configured group: no -1
+    with om_session.group_context(named, None, "Dataset:7"):
+        assert named.SERVICE_OPTS.getOmeroGroup() is None
+
+
+@pytest.mark.parametrize("configured", ["", "lab-b"])
+def test_push_pull_and_predictions_in_a_second_group(
+    server: fake.FakeServer, tmp_path: Path, configured: str
+) -> None:
+    """One user, two groups: everything lands in the target's group, never under -1."""
+    home, lab = _two_groups(server)
+    did = server.add_dataset("lab data", group=lab)
+    manifest = _local_dataset(tmp_path / "local")
+    cfg = ocfg(group=configured)
+    ids = om.push_dataset(cfg, LABELS, manifest, did, labels_as="mask")
+    assert len(ids) == 2 and all(server.images[i].group == lab for i in ids)
+    rois = [r for i in ids for r in server.rois[i]]
+    assert rois and all(r.group_id == lab for r in rois)
+    anns = [server.annotations[a] for i in ids for a in server.images[i].annotations]
+    assert anns and all(a.group == lab for a in anns)
+    # Pull with ROI labels: found through the image's group context.
+    records = om.fetch(
+        cfg.model_copy(update={"dataset": did, "label_source": "mask"}), LABELS, tmp_path / "p"
+    )
+    assert sorted(r.case_id for r in records) == ["case0", "case1"]
+    assert all(set(r.rater_labels) == {"r1", "r2"} for r in records)
+    # Predictions attach in the image's group.
+    mf.write_manifest(
+        mf.build_manifest(mf.describe_case(r) for r in records), tmp_path / "data", {}
+    )
+    pred = tmp_path / "pred" / f"{records[0].case_id}.nii.gz"
+    save_nifti(pred, label_volume(), np.eye(4))
+    iid = int(records[0].metadata["omero_image_id"])
+    assert om.upload_predictions(cfg, tmp_path / "data" / "manifest.tsv", [pred], "m", "r") == [iid]
+    pred_anns = [
+        server.annotations[a]
+        for a in server.images[iid].annotations
+        if server.annotations[a].ns == om.NS_PREDICTION
+    ]
+    assert len(pred_anns) == 2 and all(a.group == lab for a in pred_anns)
+    assert home != lab
+
+
+def test_roi_labels_of_an_image_outside_the_default_group(
+    server: fake.FakeServer, tmp_path: Path
+) -> None:
+    _, lab = _two_groups(server)
+    iid = server.add_image("m", volume(3), spacing=(1, 1, 1), group=lab)
+    for value, name in ((1, "left"), (2, "right")):
+        server.add_roi(iid, _mask_roi(label_volume(), value, name))
+    (rec,) = om.fetch(ocfg(image_ids=[iid], label_source="mask"), LABELS, tmp_path)
+    np.testing.assert_array_equal(load_nifti(rec.label)[0], label_volume())
+
+
+# ----------------------------------------------------------------------------- reading speed
+
+
+def _per_plane(image: object) -> np.ndarray:
+    """The former reader: one ``getPlane`` (one RawPixelsStore) per z-plane."""
+    pixels = image.getPrimaryPixels()  # type: ignore[attr-defined]
+    planes = [np.asarray(pixels.getPlane(z, 0, 0)) for z in range(image.getSizeZ())]  # type: ignore[attr-defined]
+    return np.stack([p.T for p in planes], axis=2)
+
+
+def test_block_reading_needs_fewer_server_calls(server: fake.FakeServer) -> None:
+    img = volume(8, (9, 6, 20))
+    iid = server.add_image("ct", img, spacing=(1, 1, 1))
+    conn = om.blitz_connect(om.resolve_credentials(ocfg()))
+    image = conn.getObject("Image", iid)
+    before = server.round_trips
+    np.testing.assert_array_equal(_per_plane(image), img)
+    per_plane = server.round_trips - before
+    assert per_plane == 4 * 20  # create, setPixelsId, getPlane, close for every plane
+    before = server.round_trips
+    block = om.read_volume(image)
+    blocked = server.round_trips - before
+    np.testing.assert_array_equal(block, img)
+    assert block.dtype == np.int16 and block.dtype.isnative
+    assert blocked == 20 + 3  # one store for all planes
+    # A small block budget: one store per block of 3 planes (7 blocks).
+    before = server.round_trips
+    np.testing.assert_array_equal(om.read_volume(image, block_bytes=3 * 9 * 6 * 8), img)
+    assert server.round_trips - before == 20 + 3 * 7
+    assert server.calls["close"] == 20 + 1 + 7  # every store is closed
+
+
+def test_pyramid_planes_are_read_by_tiles(server: fake.FakeServer) -> None:
+    img = volume(9, (7, 5, 3))
+    iid = server.add_image("big", img, spacing=(1, 1, 1))
+    server.max_plane_size = (4, 4)  # 7x5 planes count as "big" (pyramid) images
+    conn = om.blitz_connect(om.resolve_credentials(ocfg()))
+    image = conn.getObject("Image", iid)
+    with pytest.raises(fake.ApiUsageException, match="read it by tiles"):
+        image.getPrimaryPixels().getPlane(0, 0, 0)
+    before = dict(server.calls)
+    np.testing.assert_array_equal(om.read_volume(image, tile=3), img)
+    assert server.calls["getTile"] - before["getTile"] == 3 * 3 * 2  # 3 planes x (3 x 2) tiles
+    assert server.calls["getPlane"] == before["getPlane"]  # no whole-plane read
+
+
+def test_fetch_reads_each_image_through_one_pixel_store(
+    server: fake.FakeServer, tmp_path: Path
+) -> None:
+    iid = add_case(server, "c", 1)
+    om.fetch(ocfg(image_ids=[iid]), LABELS, tmp_path)
+    assert server.calls["createRawPixelsStore"] == 1 and server.calls["getPlane"] == 4

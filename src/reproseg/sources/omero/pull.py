@@ -19,6 +19,7 @@ lets a rerun skip images whose server state and local files are unchanged.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,17 +61,31 @@ from reproseg.sources.omero.session import (
     Gateway,
     Session,
     blitz_connect,
+    group_context,
+    group_id_of,
     guard_logs,
     redact,
     resolve_credentials,
+    service_context,
 )
 
-__all__ = ["download_annotation", "fetch", "read_volume", "select_image_ids"]
+__all__ = [
+    "READ_BLOCK_BYTES",
+    "READ_TILE",
+    "download_annotation",
+    "fetch",
+    "read_volume",
+    "select_image_ids",
+]
 
 log = get_logger("sources.omero")
 
 #: Bump when the decoding changes, so sidecars written by older code are not trusted.
 _SIDECAR_VERSION = 1
+#: Most pixel bytes read through one RawPixelsStore (one ``getPlanes`` call).
+READ_BLOCK_BYTES = 256 * 2**20
+#: Tile edge (pixels) for planes too large to read whole (pyramid images).
+READ_TILE = 1024
 
 
 def select_image_ids(conn: Gateway, cfg: OmeroSource) -> list[int]:
@@ -121,10 +136,33 @@ def select_image_ids(conn: Gateway, cfg: OmeroSource) -> list[int]:
     return sorted(selected)
 
 
-def read_volume(image: Any) -> np.ndarray:
+def _blocks(size_z: int, plane_bytes: int, block_bytes: int) -> list[range]:
+    """z-ranges of at most ``block_bytes`` of pixels each (at least one plane per block)."""
+    per_block = max(1, block_bytes // max(1, plane_bytes))
+    return [range(z, min(z + per_block, size_z)) for z in range(0, size_z, per_block)]
+
+
+def _tiles(size_x: int, size_y: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """``(x, y, w, h)`` tiles covering a plane, row by row."""
+    return [
+        (x, y, min(tile, size_x - x), min(tile, size_y - y))
+        for y in range(0, size_y, tile)
+        for x in range(0, size_x, tile)
+    ]
+
+
+def read_volume(
+    image: Any, block_bytes: int = READ_BLOCK_BYTES, tile: int = READ_TILE
+) -> np.ndarray:
     """Pixels of a single-channel, single-timepoint image as an ``(x, y, z)`` array.
 
-    OMERO returns each plane as a ``(y, x)`` array; it is transposed into the NIfTI order.
+    Read in blocks: ``PixelsWrapper.getPlanes`` with a list of planes opens one RawPixelsStore
+    for the whole list, where ``getPlane`` opens, initialises and closes one per plane (four
+    server round trips per plane instead of about one). Each block holds at most
+    ``block_bytes`` of pixels, which bounds how long one stateful service stays open. Planes
+    above the server's maximum plane size (pyramid images) can only be read as tiles, so they
+    come through ``getTiles`` in ``tile``-pixel squares. OMERO returns ``(y, x)`` arrays; they
+    are transposed into the NIfTI order.
     """
     iid = image.getId()
     sx, sy, sz = image.getSizeX(), image.getSizeY(), image.getSizeZ()
@@ -133,19 +171,26 @@ def read_volume(image: Any) -> np.ndarray:
         raise ValueError(
             f"Image:{iid}: sizeC={sc}, sizeT={st}; ReproSeg reads single-channel 3D images"
         )
+    if sz < 1:
+        raise ValueError(f"Image:{iid}: no z-planes")
     pixels = image.getPrimaryPixels()
     volume: np.ndarray | None = None
-    for z in range(sz):
-        plane = np.asarray(pixels.getPlane(z, 0, 0))
-        if plane.shape != (sy, sx):
-            raise ValueError(
-                f"Image:{iid}: plane z={z} has shape {plane.shape}, expected {(sy, sx)}"
-            )
-        if volume is None:
-            volume = np.empty((sx, sy, sz), dtype=plane.dtype.newbyteorder("="))
-        volume[:, :, z] = plane.T
-    if volume is None:
-        raise ValueError(f"Image:{iid}: no z-planes")
+    pyramid = bool(image.requiresPixelsPyramid())
+    tiles = _tiles(sx, sy, tile) if pyramid else [None]
+    # The plane's byte size is only known after the first read; plan with 8 bytes per pixel
+    # (the widest OMERO type), so a block never exceeds the budget.
+    for block in _blocks(sz, sx * sy * 8, block_bytes):
+        requests = [(z, 0, 0, t) for z in block for t in tiles]
+        for (z, _, _, region), data in zip(requests, pixels.getTiles(requests), strict=True):
+            x0, y0, w, h = region if region is not None else (0, 0, sx, sy)
+            data = np.asarray(data)
+            if data.shape != (h, w):
+                where = f"plane z={z}" + (f" tile {region}" if region is not None else "")
+                raise ValueError(f"Image:{iid}: {where} has shape {data.shape}, expected {(h, w)}")
+            if volume is None:
+                volume = np.empty((sx, sy, sz), dtype=data.dtype.newbyteorder("="))
+            volume[x0 : x0 + w, y0 : y0 + h, z] = data.T
+    assert volume is not None
     return volume
 
 
@@ -268,7 +313,11 @@ def _plan_image(conn: Gateway, iid: int, cfg: OmeroSource) -> tuple[Any, _Plan]:
             for a in label_anns
         ]
     else:
-        rois = list(conn.getRoiService().findByImage(iid, None).rois)
+        # The image's group as the call's context: without it, the ROI service only looks in
+        # the session's group and misses the ROIs of images in the user's other groups.
+        gid = group_id_of(image)
+        ctx = service_context(gid) if gid is not None else conn.SERVICE_OPTS
+        rois = list(conn.getRoiService().findByImage(iid, None, ctx).rois)
         # Shapes are edited in place on the server (same ID), so their content is fingerprinted.
         label_desc = [
             (
@@ -340,7 +389,11 @@ def _fetch_image(
         subject = case_id
     default_annotator = safe_name(pop_key(pairs, ANNOTATOR_KEYS) or "rater0")
 
-    volume = read_volume(image)
+    # The RawPixelsStore is a stateful service: open it in the image's own group (as omero-py
+    # does for its rendering engines) rather than in the all-groups read context.
+    gid = group_id_of(image)
+    with group_context(conn, gid, f"Image:{iid}") if gid is not None else nullcontext():
+        volume = read_volume(image)
     spacing, from_server = physical_spacing(image, cfg.spacing)
     if not from_server:
         log.warning(

@@ -42,6 +42,8 @@ from reproseg.sources.omero.session import (
     Gateway,
     Session,
     blitz_connect,
+    group_context,
+    group_id_of,
     guard_logs,
     redact,
     resolve_credentials,
@@ -120,20 +122,11 @@ def _pushed_cases(conn: Gateway, dataset_id: int) -> dict[tuple[str, str], int]:
     return done
 
 
-def _push_case(
-    conn: Gateway,
-    row: dict[str, Any],
-    dataset_id: int,
-    cfg: OmeroSource,
-    labels: dict[int, str],
-    labels_as: str,
-    workdir: Path,
-    manifest: Path,
-) -> int:
+def _case_files(
+    row: dict[str, Any], workdir: Path, manifest: Path
+) -> tuple[Path, np.ndarray, np.ndarray, dict[str, Path]]:
+    """The case's image (path, data, affine) and label file per annotator, all checked."""
     case = str(row["case_id"])
-    dataset = conn.getObject("Dataset", dataset_id)
-    if dataset is None:
-        raise ValueError(f"Dataset:{dataset_id}: not found or not writable by this user")
     image_path = _resolve(row["image"], workdir)
     data, affine = load_nifti(image_path)
     if data.ndim != 3:
@@ -146,20 +139,19 @@ def _push_case(
     for rater, path in rater_files.items():
         if not path.exists():
             raise ValueError(f"{manifest}: case {case}: label of {rater} not found: {path}")
+    return image_path, np.asarray(data), affine, rater_files
 
-    pixels = omero_pixels(np.asarray(data))
-    planes = (np.ascontiguousarray(pixels[:, :, z].T) for z in range(pixels.shape[2]))
-    created = conn.createImageFromNumpySeq(
-        planes,
-        case,
-        sizeZ=pixels.shape[2],
-        sizeC=1,
-        sizeT=1,
-        description=f"ReproSeg case {case} ({row.get('source_uri', '')})",
-        dataset=dataset,
-    )
-    image = _set_physical_sizes(conn, created.getId(), spacing_from_affine(affine))
 
+def _upload_labels(
+    conn: Gateway,
+    image: Any,
+    rater_files: dict[str, Path],
+    shape: tuple[int, ...],
+    cfg: OmeroSource,
+    labels: dict[int, str],
+    labels_as: str,
+) -> None:
+    """Each annotator's label as a NIfTI FileAnnotation or as Mask ROIs (one per value)."""
     for rater, path in sorted(rater_files.items()):
         if labels_as == "file":
             mimetype = (
@@ -174,10 +166,8 @@ def _push_case(
         from omero.rtypes import rstring  # type: ignore[import-not-found]
 
         label, _ = load_nifti(path)
-        if label.shape != data.shape:
-            raise ValueError(
-                f"{path}: label shape {label.shape} differs from the image {data.shape}"
-            )
+        if label.shape != shape:
+            raise ValueError(f"{path}: label shape {label.shape} differs from the image {shape}")
         for value in sorted(int(v) for v in np.unique(label) if v != 0):
             if value not in labels:
                 raise ValueError(f"{path}: label value {value} is not in the label map")
@@ -185,10 +175,16 @@ def _push_case(
             roi.setName(rstring(labels[value]))
             roi.setDescription(rstring(f"annotator={rater}"))
             roi.setImage(image._obj)
-            for shape in _mask_shapes(label, value, labels[value]):
-                roi.addShape(shape)
+            for shape_ in _mask_shapes(label, value, labels[value]):
+                roi.addShape(shape_)
             conn.getUpdateService().saveAndReturnObject(roi, conn.SERVICE_OPTS)
 
+
+def _case_pairs(
+    row: dict[str, Any], image_path: Path, affine: np.ndarray, rater_files: dict[str, Path]
+) -> list[tuple[str, str]]:
+    """The key-values of a pushed case: identity, checksums, exact affine, source metadata."""
+    case = str(row["case_id"])
     pairs = [
         ("case_id", case),
         ("subject_id", str(row.get("subject_id") or case)),
@@ -205,8 +201,41 @@ def _push_case(
             and not (isinstance(value, float) and np.isnan(value))
         ):
             pairs.append((str(key), str(value)))
-    # Written last: an image with these key-values is complete (used to skip on rerun).
-    _link_map(conn, image, pairs, NS_CLIENT_MAP)
+    return pairs
+
+
+def _push_case(
+    conn: Gateway,
+    row: dict[str, Any],
+    dataset_id: int,
+    cfg: OmeroSource,
+    labels: dict[int, str],
+    labels_as: str,
+    workdir: Path,
+    manifest: Path,
+) -> int:
+    """Upload one case into the Dataset, saving everything in the Dataset's group."""
+    case = str(row["case_id"])
+    dataset = conn.getObject("Dataset", dataset_id)
+    if dataset is None:
+        raise ValueError(f"Dataset:{dataset_id}: not found or not writable by this user")
+    image_path, data, affine, rater_files = _case_files(row, workdir, manifest)
+    pixels = omero_pixels(data)
+    planes = (np.ascontiguousarray(pixels[:, :, z].T) for z in range(pixels.shape[2]))
+    with group_context(conn, group_id_of(dataset), f"Dataset:{dataset_id}"):
+        created = conn.createImageFromNumpySeq(
+            planes,
+            case,
+            sizeZ=pixels.shape[2],
+            sizeC=1,
+            sizeT=1,
+            description=f"ReproSeg case {case} ({row.get('source_uri', '')})",
+            dataset=dataset,
+        )
+        image = _set_physical_sizes(conn, created.getId(), spacing_from_affine(affine))
+        _upload_labels(conn, image, rater_files, data.shape, cfg, labels, labels_as)
+        # Written last: an image with these key-values is complete (used to skip on rerun).
+        _link_map(conn, image, _case_pairs(row, image_path, affine, rater_files), NS_CLIENT_MAP)
     return int(image.getId())
 
 
@@ -278,6 +307,15 @@ def _attach_prediction(
         if pairs.get("sha256") == digest and pairs.get("run_id") == run_id:
             log.info("%s already attached to Image:%d", path.name, iid)
             return int(iid)
+    with group_context(conn, group_id_of(image), f"Image:{iid}"):
+        _attach_files(conn, image, path, digest, model, run_id)
+    return int(iid)
+
+
+def _attach_files(
+    conn: Gateway, image: Any, path: Path, digest: str, model: str, run_id: str
+) -> None:
+    """The prediction file and its provenance key-values, linked to ``image``."""
     ann = conn.createFileAnnfromLocalFile(
         str(path),
         mimetype="application/gzip" if path.name.endswith(".gz") else "application/octet-stream",
@@ -298,7 +336,6 @@ def _attach_prediction(
         ],
         NS_PREDICTION,
     )
-    return int(iid)
 
 
 def upload_predictions(

@@ -36,10 +36,13 @@ __all__ = [
     "Session",
     "blitz_connect",
     "connection_errors",
+    "group_context",
+    "group_id_of",
     "guard_logs",
     "redact",
     "required_envvars",
     "resolve_credentials",
+    "service_context",
 ]
 
 log = get_logger("sources.omero")
@@ -311,3 +314,59 @@ class Session:
                     self.retries,
                 )
                 time.sleep(min(RETRY_BACKOFF_S * 2 ** (attempt - 1), _RETRY_BACKOFF_MAX_S))
+
+
+# ----------------------------------------------------------------------------- group context
+
+
+def group_id_of(obj: Any) -> int | None:
+    """ID of the group an OMERO object lives in (``getDetails().getGroup()``), or ``None``.
+
+    ``None`` when the details are not loaded; callers then fall back to the session's group.
+    """
+    details = obj.getDetails() if obj is not None else None
+    group = details.getGroup() if details is not None else None
+    if group is None:
+        return None
+    gid = group.getId()
+    return int(gid.getValue() if hasattr(gid, "getValue") else gid)
+
+
+def service_context(group_id: int) -> dict[str, str]:
+    """The Ice context of a service call made in ``group_id`` (``{"omero.group": "<id>"}``).
+
+    Raw service calls (``getRoiService().findByImage`` ...) do not see ``SERVICE_OPTS``: without
+    an explicit context they run in the session's group only, so objects of the user's other
+    groups are missed.
+    """
+    return {"omero.group": str(int(group_id))}
+
+
+@contextlib.contextmanager
+def group_context(conn: Gateway, group_id: int | None, what: str) -> Iterator[None]:
+    """Run a block with ``conn.SERVICE_OPTS`` set to the target object's group.
+
+    Reads may span all of the user's groups (``omero.group=-1``, see :func:`blitz_connect`),
+    but the server refuses every *save* under -1 ("Make sure that you have not passed
+    omero.group=-1 for a save"), and an object must be saved in the group of the object it
+    is linked to. omero-py's gateway methods (``createImageFromNumpySeq``,
+    ``createFileAnnfromLocalFile``, ``MapAnnotationWrapper.save``) take their context from
+    ``SERVICE_OPTS``, so it is switched to the target's group for the block and restored after.
+    With ``group_id`` unknown the session's group is used, unless that is -1: then this fails
+    before anything is written.
+    """
+    opts = conn.SERVICE_OPTS
+    previous = opts.getOmeroGroup()
+    if group_id is None:
+        if previous is not None and str(previous) == "-1":
+            raise ValueError(
+                f"{what}: the group of the target is unknown and the session reads across all "
+                "groups (omero.group=-1), where OMERO refuses saves; set source.omero.group"
+            )
+        yield
+        return
+    opts.setOmeroGroup(str(int(group_id)))
+    try:
+        yield
+    finally:
+        opts.setOmeroGroup(previous)
