@@ -115,6 +115,20 @@ class QCConfig(_Strict):
     intensity_range: list[float] = Field(
         [-1100.0, 4000.0], min_length=2, max_length=2, description="Plausible intensities (CT HU)."
     )
+    min_intensity_span: float = Field(
+        100.0,
+        ge=0,
+        description="Smallest plausible 1st-99th percentile intensity span (CT HU spans hundreds; "
+        "a CT rescaled to 0..1 spans 1); 0 switches the check off.",
+    )
+    intensity_span: Literal["error", "warn"] = Field(
+        "error", description="Policy for an image whose span is below min_intensity_span."
+    )
+    on_error: Literal["stop", "exclude"] = Field(
+        "stop",
+        description="A case with a QC error (unreadable files included): stop the run listing "
+        "every problem, or exclude the case and go on with the others.",
+    )
 
 
 class SplitConfig(_Strict):

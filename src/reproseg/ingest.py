@@ -10,8 +10,12 @@ OMERO. Sources write NIfTI files under ``<out>/raw``; ingest then
    training label, keeping each rater's file for the inter-rater analysis;
 3. writes ``manifest.tsv`` / ``manifest.json`` (:mod:`reproseg.manifest`).
 
-A case that fails names itself and its file; the files of the cases already written
-stay in place (atomic writes), so nothing good is lost and a rerun sees what failed.
+A case that cannot be read (truncated gzip, missing or non-NIfTI file, label value not in
+the map, ...) does not stop ingest: it becomes a manifest row with its source paths and
+``ingest_errors`` (:func:`reproseg.manifest.failed_case_row`). QC then reports those
+problems together with every other problem of every case, in one report and one error, and
+its policy (``qc.on_error``: stop or exclude) applies to all of them alike. The files of the
+cases already written stay in place (atomic writes), so nothing good is lost.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import pandas as pd
 from reproseg.config import Config, load_config_files
 from reproseg.io import load_nifti, orientation_code, save_nifti
 from reproseg.logs import get_logger, setup_logging
-from reproseg.manifest import build_manifest, describe_case, write_manifest
-from reproseg.sources.base import CaseRecord
+from reproseg.manifest import build_manifest, describe_case, failed_case_row, write_manifest
+from reproseg.sources.base import CaseRecord, CasesFailed, FailedCase
 
 log = get_logger("ingest")
 
@@ -118,15 +122,21 @@ def write_consensus(record: CaseRecord, method: str, labels: dict[int, str]) -> 
 def run_ingest(cfg: Config, out_dir: str | Path = "results/data") -> pd.DataFrame:
     """Fetch, canonicalise, fuse raters if configured, and write the manifest.
 
-    Returns the manifest table. Raises ``ValueError`` listing every failed case and file.
+    Returns the manifest table, failed cases included (``ingest_errors`` not empty): QC
+    reports them. Raises ``ValueError`` only for problems of the dataset as a whole (no
+    dataset.json, no cases, duplicate ids...).
     """
     out = Path(out_dir)
     raw = out / "raw"
-    records = fetch_records(cfg, raw)
-    if not records:
+    failed: list[FailedCase] = []
+    try:
+        records = fetch_records(cfg, raw)
+    except CasesFailed as exc:
+        records, failed = list(exc.records), list(exc.failed)
+    if not records and not failed:
         raise ValueError(f"source {cfg.source.kind}: no cases")
     method = cfg.train.label_target
-    rows, errors = [], []
+    rows = []
     for record in records:
         try:
             orientation = canonicalise(record.image)
@@ -137,18 +147,33 @@ def run_ingest(cfg: Config, out_dir: str | Path = "results/data") -> pd.DataFram
                 write_consensus(record, method, cfg.labels)
             rows.append(describe_case(record, orientation))
         except ValueError as exc:
-            msg = str(exc)
-            errors.append(
-                msg if msg.startswith(f"case {record.case_id}") else f"case {record.case_id}: {msg}"
-            )
-    if errors:
-        raise ValueError(f"ingest: {len(errors)} case(s) failed:\n" + "\n".join(errors))
+            failed.append(_failed_record(record, str(exc)))
+    for case in failed:
+        for file, problem in case.problems:
+            log.error("case %s: %s: %s (QC reports it)", case.case_id, file, problem)
     if method != "primary" and not any(len(r.rater_labels) > 1 for r in records):
         log.warning("train.label_target is %s but no case has several annotators", method)
-    df = build_manifest(rows)
+    df = build_manifest(rows + [failed_case_row(case) for case in failed])
     digest = write_manifest(df, out, source_description(cfg))
-    log.info("manifest: %d cases, sha256 %s", len(df), digest)
+    log.info("manifest: %d cases (%d unreadable), sha256 %s", len(df), len(failed), digest)
     return df
+
+
+def _failed_record(record: CaseRecord, message: str) -> FailedCase:
+    """A converted case that failed later in ingest: name the file its message starts with."""
+    message = message.removeprefix(f"case {record.case_id}: ")
+    files = [record.image, record.label, *record.rater_labels.values()]
+    file = next((f for f in files if message.startswith(f"{f}: ")), record.image)
+    return FailedCase(
+        case_id=record.case_id,
+        subject_id=record.subject_id,
+        image=record.image,
+        label=record.label,
+        source_uri=record.source_uri,
+        problems=[(file, message.removeprefix(f"{file}: "))],
+        annotator=record.annotator,
+        rater_labels=dict(record.rater_labels),
+    )
 
 
 def run_ingest_step(snakemake: Any, cfg: Config) -> None:

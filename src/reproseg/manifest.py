@@ -6,10 +6,16 @@ container hashes the same, which is how QC finds duplicates), geometry, intensit
 subject, annotators and source URI. Its hash, ``manifest_sha256``, is the sha256 of the
 TSV bytes; the TSV is written with a fixed column order and fixed number formatting, so the
 same data always gives the same bytes and the same hash.
+
+A case that ingest could not read is still a row: its source paths, and in
+``ingest_errors`` a JSON list of ``{"file", "problem"}``; its hashes and geometry are empty.
+QC reports those problems with every other one and applies its policy (``qc.on_error``), so
+one run lists every problem of every case.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,7 +34,7 @@ from reproseg.io import (
     write_json,
     write_text,
 )
-from reproseg.sources.base import CaseRecord
+from reproseg.sources.base import CaseRecord, FailedCase
 
 #: Core columns, in order (docs/ARCHITECTURE.md); source metadata columns follow, sorted.
 MANIFEST_COLUMNS: list[str] = [
@@ -50,6 +56,8 @@ MANIFEST_COLUMNS: list[str] = [
     "intensity_min",
     "intensity_max",
     "source_orientation",
+    "rater_sha256",
+    "ingest_errors",
 ]
 
 #: Columns every manifest must have to be usable downstream.
@@ -105,6 +113,7 @@ def describe_case(record: CaseRecord, source_orientation: str | None = None) -> 
     try:
         data, affine = load_nifti(record.image)
         label_sha = sha256_file(record.label)
+        rater_sha = {rater: sha256_file(path) for rater, path in record.rater_labels.items()}
     except (OSError, ValueError) as exc:
         raise ValueError(f"case {record.case_id}: {exc}") from exc
     finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
@@ -128,11 +137,54 @@ def describe_case(record: CaseRecord, source_orientation: str | None = None) -> 
         "intensity_min": float(finite.min()) if finite.size else float("nan"),
         "intensity_max": float(finite.max()) if finite.size else float("nan"),
         "source_orientation": source_orientation or orientation_code(affine),
+        "rater_sha256": format_rater_labels(rater_sha),
+        "ingest_errors": "",
     }
     for key, value in record.metadata.items():
         # A metadata key must never overwrite a core column.
         row[f"source_{key}" if key in MANIFEST_COLUMNS else key] = value
     return row
+
+
+def failed_case_row(failed: FailedCase) -> dict[str, Any]:
+    """Manifest row of a case ingest could not read: identity, source paths and problems.
+
+    Hashes, geometry and intensities stay empty (nothing was decoded); ``ingest_errors``
+    holds the problems so that QC reports them and applies its policy.
+    """
+    if not failed.problems:
+        raise ValueError(f"case {failed.case_id}: a failed case needs at least one problem")
+    raters = list(failed.rater_labels) or [failed.annotator]
+    return {
+        "case_id": failed.case_id,
+        "subject_id": failed.subject_id,
+        "image": failed.image,
+        "label": failed.label,
+        "annotator": failed.annotator,
+        "raters": ";".join(raters),
+        "rater_labels": format_rater_labels(failed.rater_labels),
+        "source_uri": failed.source_uri,
+        "intensity_min": float("nan"),
+        "intensity_max": float("nan"),
+        "ingest_errors": format_ingest_errors(failed.problems),
+    }
+
+
+def format_ingest_errors(problems: Iterable[tuple[str, str]]) -> str:
+    """``ingest_errors`` cell: compact JSON list of ``{"file", "problem"}`` (one line, no tab)."""
+    items = [{"file": str(f), "problem": " ".join(str(m).split())} for f, m in problems]
+    return json.dumps(items, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def parse_ingest_errors(text: Any) -> list[tuple[str, str]]:
+    """Inverse of :func:`format_ingest_errors`; empty or missing -> ``[]``."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text) == "":
+        return []
+    try:
+        items = json.loads(str(text))
+        return [(str(item["file"]), str(item["problem"])) for item in items]
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ValueError(f"ingest_errors {str(text)[:80]!r} is not a JSON list: {exc}") from exc
 
 
 def build_manifest(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

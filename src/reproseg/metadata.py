@@ -58,6 +58,8 @@ _CORE_COLUMNS = set(REQUIRED_MANIFEST_COLUMNS) | {
     "pixel_sha256",
     "intensity_min",
     "intensity_max",
+    "rater_sha256",
+    "ingest_errors",
 }
 
 

@@ -7,26 +7,36 @@ collects *every* problem of *every* case before deciding:
 ===================  ========  =====================================================
 check                severity  what
 ===================  ========  =====================================================
-readable             error     the file decodes completely (missing, truncated...)
-sha256               error     file bytes still match the manifest (no edit after ingest)
+readable             error     the file decodes completely (missing, truncated...);
+                               problems ingest recorded (``ingest_errors``) are listed
+                               here too, naming the source file
+sha256               error     file bytes (image, label, every rater label) still match
+                               the manifest (no edit after ingest)
 shape                error     image and label(s) have the same voxel grid
 affine               error     spacing / origin / direction agree within the tolerance
 orientation          policy    source not RAS: ``reorient`` records it (ingest already
                                reoriented), ``fail`` makes it an error; stored files in
                                differing orientations are always an error
 finite               error     no NaN / Inf in the image
-label_values         error     label values are integers of the label map
-foreground           policy    a label without foreground: error, warn or exclude
+label_values         error     label values are finite integers of the label map (the
+                               primary label and every rater label)
+foreground           policy    a label (or rater label) without foreground: error, warn
+                               or exclude
 spacing_range        error     spacing within ``qc.spacing_range_mm`` (mm vs m mix-ups)
 intensity_range      both      bulk (1st-99th percentile) outside ``qc.intensity_range``
                                is an error (wrong modality or units); only the extremes
                                outside (scanner padding such as -2048) is a warning
+intensity_span       policy    1st-99th percentile span below ``qc.min_intensity_span``
+                               (a CT rescaled to 0..1): ``qc.intensity_span`` error/warn
 duplicate            error     same pixel checksum under two case ids (leakage risk)
 ===================  ========  =====================================================
 
-It always writes ``inputs.tsv`` (one row per case), ``qc.json`` and ``qc.md`` atomically,
-and only then raises ``ValueError`` listing every file and problem, so the workflow stops
-before training with a complete report.
+It always writes ``inputs.tsv`` (one row per case), ``qc.json`` and ``qc.md`` atomically.
+Then ``qc.on_error`` decides for every case with an error alike (unreadable ones included):
+``stop`` raises one ``ValueError`` listing every file and problem, so the workflow stops
+before training with a complete report; ``exclude`` leaves those cases out (``excluded`` in
+``qc.json``, which splits and metadata honour) and the good cases go on. QC fails even then
+when no case is left.
 """
 
 from __future__ import annotations
@@ -52,7 +62,12 @@ from reproseg.io import (
     write_tsv,
 )
 from reproseg.logs import get_logger, setup_logging
-from reproseg.manifest import manifest_sha256, parse_rater_labels, read_manifest
+from reproseg.manifest import (
+    manifest_sha256,
+    parse_ingest_errors,
+    parse_rater_labels,
+    read_manifest,
+)
 
 log = get_logger("qc")
 
@@ -73,6 +88,7 @@ INPUT_COLUMNS = [
     "foreground_voxels",
     "spacing_ok",
     "intensity_ok",
+    "intensity_span",
     "duplicate_of",
     "orientation",
     "source_orientation",
@@ -111,7 +127,8 @@ class _Case:
             reoriented=False,
         )
         self.problems: list[Problem] = []
-        self.excluded = False
+        self.excluded = False  # by a per-check policy (qc.empty_foreground: exclude)
+        self.excluded_for_errors = False  # by qc.on_error: exclude
 
     def add(self, file: str, check: str, severity: str, message: str) -> None:
         self.problems.append(Problem(self.case_id, str(file), check, severity, message))
@@ -119,7 +136,7 @@ class _Case:
     def status(self) -> str:
         severities = {p.severity for p in self.problems}
         if "error" in severities:
-            return "error"
+            return "excluded" if self.excluded_for_errors else "error"
         if self.excluded:
             return "excluded"
         return "warning" if "warning" in severities else "ok"
@@ -206,6 +223,41 @@ def _check_image(
             )
         else:
             case.result["intensity_ok"] = True
+        span = p99 - p1
+        case.result["intensity_span"] = round(span, 6)
+        if span < qc.min_intensity_span:
+            case.add(
+                path,
+                "intensity_span",
+                "error" if qc.intensity_span == "error" else "warning",
+                f"intensities span only {span:g} (1st-99th percentile {p1:g}..{p99:g}), below "
+                f"qc.min_intensity_span {qc.min_intensity_span:g}: rescaled or normalised data "
+                f"(e.g. CT in 0..1 instead of HU)? (qc.intensity_span: {qc.intensity_span})",
+            )
+
+
+def _check_foreground(case: _Case, path: str, data: np.ndarray, role: str, qc: QCConfig) -> int:
+    """Foreground voxel count; an empty label is handled by ``qc.empty_foreground``."""
+    fg = int(np.count_nonzero(data))
+    if fg == 0:
+        msg = f"{role} has no foreground voxel"
+        policy = qc.empty_foreground
+        if policy == "exclude":
+            case.excluded = True
+            case.add(
+                path,
+                "foreground",
+                "warning",
+                f"{msg}: case excluded (qc.empty_foreground: exclude)",
+            )
+        else:
+            case.add(
+                path,
+                "foreground",
+                policy if policy == "error" else "warning",
+                f"{msg} (qc.empty_foreground: {policy})",
+            )
+    return fg
 
 
 def _check_label(
@@ -282,18 +334,30 @@ def _check_case(
 ) -> None:
     qc = cfg.qc
     image_path, label_path = row["image"], row["label"]
+    try:
+        ingest_errors = parse_ingest_errors(row.get("ingest_errors", ""))
+    except ValueError as exc:
+        ingest_errors = [(image_path, str(exc))]
+    if ingest_errors:
+        # Ingest could not read these files (source paths): nothing was converted to check.
+        case.result["readable"] = False
+        for file, problem in ingest_errors:
+            case.add(file, "readable", "error", f"ingest could not read it: {problem}")
+        return
+    raters = {
+        r: p for r, p in parse_rater_labels(row.get("rater_labels", "")).items() if p != label_path
+    }
+    rater_sha = parse_rater_labels(row.get("rater_sha256", ""))
     sha_ok = [
         _check_sha(case, image_path, row.get("image_sha256"), "image"),
         _check_sha(case, label_path, row.get("label_sha256"), "label"),
+        *(_check_sha(case, p, rater_sha.get(r), f"rater {r} label") for r, p in raters.items()),
     ]
     known = [s for s in sha_ok if s is not None]
     case.result["sha256_ok"] = all(known) if known else ""
 
     image = _load(case, image_path, "image")
     label = _load(case, label_path, "label")
-    raters = {
-        r: p for r, p in parse_rater_labels(row.get("rater_labels", "")).items() if p != label_path
-    }
     rater_data = {r: _load(case, p, f"rater {r} label") for r, p in raters.items()}
     case.result["readable"] = (
         image is not None and label is not None and all(v is not None for v in rater_data.values())
@@ -333,26 +397,7 @@ def _check_case(
         lab, lab_affine = label
         values = _check_label(case, label_path, lab, cfg.labels, "label")
         if values is not None:
-            fg = int(np.count_nonzero(lab))
-            case.result["foreground_voxels"] = fg
-            if fg == 0:
-                msg = "label has no foreground voxel"
-                policy = qc.empty_foreground
-                if policy == "exclude":
-                    case.excluded = True
-                    case.add(
-                        label_path,
-                        "foreground",
-                        "warning",
-                        f"{msg}: case excluded (qc.empty_foreground: exclude)",
-                    )
-                else:
-                    case.add(
-                        label_path,
-                        "foreground",
-                        policy if policy == "error" else "warning",
-                        f"{msg} (qc.empty_foreground: {policy})",
-                    )
+            case.result["foreground_voxels"] = _check_foreground(case, label_path, lab, "label", qc)
         if image is not None:
             _check_geometry(
                 case,
@@ -368,7 +413,8 @@ def _check_case(
         if loaded is None:
             continue
         rpath = raters[rater]
-        _check_label(case, rpath, loaded[0], cfg.labels, f"rater {rater} label")
+        if _check_label(case, rpath, loaded[0], cfg.labels, f"rater {rater} label") is not None:
+            _check_foreground(case, rpath, loaded[0], f"rater {rater} label", qc)
         if image is not None:
             _check_geometry(
                 case,
@@ -401,7 +447,9 @@ def _markdown(
             f"empty foreground `{q['empty_foreground']}`, "
             f"spacing tolerance {q['spacing_tolerance']} mm, "
             f"plausible spacing {q['spacing_range_mm']} mm, "
-            f"plausible intensities {q['intensity_range']}."
+            f"plausible intensities {q['intensity_range']}, "
+            f"smallest intensity span {q['min_intensity_span']} (`{q['intensity_span']}`), "
+            f"cases with errors: `{q['on_error']}`."
         ),
         "",
     ]
@@ -418,6 +466,13 @@ def _markdown(
         lines += ["No errors or warnings.", ""]
     if summary["excluded"]:
         lines += [f"Excluded from training and evaluation: {', '.join(summary['excluded'])}.", ""]
+    if summary["excluded_for_errors"]:
+        lines += [
+            "Excluded because of their errors (qc.on_error: exclude): "
+            + ", ".join(summary["excluded_for_errors"])
+            + ".",
+            "",
+        ]
     if summary["reoriented"]:
         lines += [
             f"Reoriented to {CANONICAL} at ingest ({len(summary['reoriented'])} cases): "
@@ -464,6 +519,9 @@ def run_qc(
                     f"same pixel data as case(s) {others}: one image under two ids leaks "
                     "between splits",
                 )
+    if cfg.qc.on_error == "exclude":
+        for c in cases:
+            c.excluded_for_errors = any(p.severity == "error" for p in c.problems)
     problems = [p for c in cases for p in c.problems]
     for c in cases:
         c.result["status"] = c.status()
@@ -474,12 +532,17 @@ def run_qc(
         )
     table = pd.DataFrame([c.result for c in cases], columns=INPUT_COLUMNS)
     errors = [p for p in problems if p.severity == "error"]
+    blocking = [p for p in errors if not by_id[p.case_id].excluded_for_errors]
+    kept = [c for c in cases if c.status() != "excluded"]
     summary: dict[str, Any] = {
-        "ok": not errors,
+        "ok": not blocking and bool(kept),
         "n_cases": len(cases),
         "errors": [asdict(p) for p in errors],
         "warnings": [asdict(p) for p in problems if p.severity == "warning"],
-        "excluded": [c.case_id for c in cases if c.excluded and c.status() == "excluded"],
+        "excluded": [c.case_id for c in cases if c.status() == "excluded"],
+        "excluded_for_errors": [
+            c.case_id for c in cases if c.status() == "excluded" and c.excluded_for_errors
+        ],
         "reoriented": [c.case_id for c in cases if c.result["reoriented"] is True],
         "manifest": str(manifest),
         "manifest_sha256": manifest_sha256(manifest),
@@ -488,11 +551,19 @@ def run_qc(
     write_tsv(out / "inputs.tsv", table)
     write_json(out / "qc.json", summary)
     write_text(out / "qc.md", _markdown(summary, table, problems, manifest))
-    if errors:
+    if blocking or not kept:
         bad_cases = sorted({p.case_id for p in errors})
+        why = "" if blocking else "; every case is excluded (qc.on_error: exclude)"
         raise ValueError(
-            f"QC failed: {len(errors)} error(s) in {len(bad_cases)} case(s) "
+            f"QC failed: {len(errors)} error(s) in {len(bad_cases)} case(s){why} "
             f"(report: {out / 'qc.md'}):\n" + "\n".join(p.line() for p in errors)
+        )
+    if errors:
+        log.warning(
+            "QC: %d error(s); excluded case(s) %s (qc.on_error: exclude):\n%s",
+            len(errors),
+            ", ".join(summary["excluded_for_errors"]),
+            "\n".join(p.line() for p in errors),
         )
     log.info(
         "QC passed: %d cases, %d excluded, %d warnings",

@@ -141,6 +141,85 @@ def make_table_dataset(
     return root / "cases.csv"
 
 
+#: The twelve defects of :func:`make_defective_msd_dataset`, in case order: what is broken,
+#: which file (image or label), which QC check reports it, and a phrase of its message.
+DEFECTS: list[tuple[str, str, str, str]] = [
+    ("truncated gzip", "image", "readable", "cannot read volume"),
+    ("missing label", "label", "readable", "file not found"),
+    ("not a NIfTI file", "image", "readable", "cannot read volume"),
+    ("label value not in the map", "label", "readable", "label values [9] are not listed"),
+    ("NaN in a float label", "label", "readable", "label contains NaN"),
+    ("non-integer float label", "label", "readable", "label contains non-integer values"),
+    ("NaN in the image", "image", "finite", "NaN/Inf voxel"),
+    ("label grid differs", "label", "shape", "label shape (10, 10, 8) differs"),
+    ("label origin shifted", "label", "affine", "affine (origin/direction) differs"),
+    ("spacing in metres", "image", "spacing_range", "outside the plausible range"),
+    ("CT rescaled to 0..1", "image", "intensity_span", "intensities span only"),
+    ("label without foreground", "label", "foreground", "label has no foreground voxel"),
+]
+
+
+def make_defective_msd_dataset(root: str | Path, n_good: int = 6) -> dict[str, tuple[str, ...]]:
+    """An MSD dataset whose first twelve cases each carry one defect of :data:`DEFECTS`.
+
+    Four defects make a file unreadable for ingest (truncated gzip, missing label, a text
+    file named ``.nii.gz``, a label value dataset.json does not name), two more make a label
+    unconvertible (NaN, 0.5), and six only QC sees. The last ``n_good`` cases are valid.
+    Returns ``case_id -> (defect, role, source file, check, message phrase)`` for the
+    twelve (``role``: image or label).
+    """
+    root = Path(root)
+    shape = (10, 10, 10)
+    make_msd_dataset(root, n_subjects=len(DEFECTS) + n_good, shape=shape)
+    expected: dict[str, tuple[str, ...]] = {}
+    for s, (defect, role, check, phrase) in enumerate(DEFECTS):
+        case = f"liver_{s:03d}"
+        image_path = (root / "imagesTr" / f"{case}_0000.nii.gz").resolve()
+        label_path = (root / "labelsTr" / f"{case}.nii.gz").resolve()
+        img = nib.load(str(image_path))
+        image, affine = np.asarray(img.dataobj), img.affine.copy()
+        label = np.asarray(nib.load(str(label_path)).dataobj)
+        if s == 0:
+            raw = image_path.read_bytes()
+            image_path.write_bytes(raw[: len(raw) // 2])
+        elif s == 1:
+            label_path.unlink()
+        elif s == 2:
+            image_path.write_bytes(b"case,notes\nliver,exported from a spreadsheet\n")
+        elif s == 3:
+            _save(label_path, np.where(label == 1, 9, label).astype(np.uint8), affine)
+        elif s == 4:
+            bad = label.astype(np.float32)
+            bad[0, 0, 0] = np.nan
+            _save(label_path, bad, affine)
+        elif s == 5:
+            bad = label.astype(np.float32)
+            bad[label == 1] = 0.5
+            _save(label_path, bad, affine)
+        elif s == 6:
+            bad = image.astype(np.float32)
+            bad[1, 1, 1] = np.nan
+            _save(image_path, bad, affine)
+        elif s == 7:
+            _save(label_path, label[:, :, :8], affine)
+        elif s == 8:
+            moved = affine.copy()
+            moved[:3, 3] += 5.0
+            _save(label_path, label, moved)
+        elif s == 9:
+            metres = affine.copy()
+            metres[:3, :] /= 1000.0
+            _save(image_path, image, metres)
+            _save(label_path, label, metres)
+        elif s == 10:
+            _save(image_path, ((image.astype(np.float32) + 1000) / 4000).clip(0, 1), affine)
+        elif s == 11:
+            _save(label_path, np.zeros_like(label), affine)
+        file = image_path if role == "image" else label_path
+        expected[case] = (defect, role, str(file), check, phrase)
+    return expected
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")

@@ -19,8 +19,8 @@ from helpers.make_msd import SEGMENTS, make_case, make_msd_dataset
 
 from reproseg.config import Config
 from reproseg.ingest import run_ingest
-from reproseg.manifest import parse_rater_labels
-from reproseg.sources.local import read_volume
+from reproseg.manifest import parse_ingest_errors, parse_rater_labels
+from reproseg.sources.local import load_local, read_volume
 
 
 def _cfg(layout: str, path: Path, **extra: object) -> Config:
@@ -105,13 +105,17 @@ def test_bad_case_names_case_and_file_and_keeps_others(tmp_path: Path) -> None:
     bad = src / "imagesTr" / "liver_001_0000.nii.gz"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated gzip
     out = tmp_path / "out"
+    # The source alone stops with the case and file (callers that only want to stop)...
     with pytest.raises(ValueError) as err:
-        run_ingest(_cfg("msd", src), out)
+        load_local(_cfg("msd", src).source.local, SEGMENTS, out / "raw")
     assert f"case liver_001: {bad}: cannot read volume" in str(err.value)
-    # The good cases were written and stay; no manifest describes a partial dataset.
+    # ...ingest records the unreadable case for QC instead (issue 14: one-pass checks).
+    df = run_ingest(_cfg("msd", src), out).set_index("case_id")
+    assert parse_ingest_errors(df.loc["liver_001", "ingest_errors"])[0][0] == str(bad)
+    assert df.loc["liver_000", "ingest_errors"] == "" and df.loc["liver_000", "image_sha256"]
+    # The good cases were written and stay.
     assert (out / "raw" / "images" / "liver_000.nii.gz").exists()
     assert (out / "raw" / "images" / "liver_002.nii.gz").exists()
-    assert not (out / "manifest.tsv").exists()
 
 
 # ----------------------------------------------------------------------------- tables
@@ -190,7 +194,7 @@ def test_table_missing_columns_and_files(tmp_path: Path) -> None:
     with pytest.raises(
         ValueError, match=r"case missing: .*missing\.nii\.gz: cannot read volume: file not found"
     ):
-        run_ingest(_cfg("table", tmp_path / "t.csv"), tmp_path / "out")
+        load_local(_cfg("table", tmp_path / "t.csv").source.local, SEGMENTS, tmp_path / "raw")
 
 
 # ----------------------------------------------------------------------------- formats

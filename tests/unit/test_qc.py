@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.make_msd import make_case
+from helpers.make_msd import make_case, make_defective_msd_dataset
 
 from reproseg.config import Config
 from reproseg.io import save_nifti
@@ -215,7 +215,9 @@ def test_implausible_intensity_bulk_is_error(ds: Dataset, tmp_path: Path) -> Non
     ds.rewrite(1, "image", image.astype(np.float32) * 10, affine)
     msg, _, _ = _qc_fails(ds.write(), Config(), tmp_path / "qc")
     assert f"{ds.path(1)}: case case_1: intensity_range: bulk intensities" in msg
-    assert "case_0" not in msg  # 0..1 is inside the CT range: plausible, not flagged
+    # 0..1 is inside the CT range, so only the span check catches it (issue 14).
+    assert f"{ds.path(0)}: case case_0: intensity_span: intensities span only" in msg
+    assert "case_0: intensity_range" not in msg
 
 
 def test_intensity_padding_is_warning(ds: Dataset, tmp_path: Path) -> None:
@@ -341,3 +343,172 @@ def test_synthetic_source_through_ingest_and_qc(tmp_path: Path) -> None:
     assert df["source_uri"].str.startswith("synthetic:").all()
     summary = run_qc(tmp_path / "data" / "manifest.tsv", cfg, tmp_path / "qc")
     assert summary["ok"] and summary["n_cases"] == len(df) >= 2
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+def _with_raters(ds: Dataset, i: int, n: int = 2) -> list[Path]:
+    """Give case ``i`` ``n`` rater label files (copies of its label) and return their paths."""
+    import nibabel as nib
+
+    rec = ds.records[i]
+    img = nib.load(rec.label)
+    paths = []
+    for r in range(n):
+        path = ds.root / "raw" / "labels" / f"{rec.case_id}_rater{r}.nii.gz"
+        save_nifti(path, np.asarray(img.dataobj), img.affine)
+        rec.rater_labels[f"rater{r}"] = str(path)
+        paths.append(path)
+    return paths
+
+
+def test_float_labels_nan_and_non_integer(ds: Dataset, tmp_path: Path) -> None:
+    _, label, affine = make_case((12, 12, 12), (2.0, 2.0, 2.5), seed=0)
+    nan = label.astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    ds.rewrite(0, "label", nan, affine)
+    half = label.astype(np.float32)
+    half[label == 2] = 2.5
+    ds.rewrite(1, "label", half, affine)
+    whole = label.astype(np.float32)  # float storage of integer values is fine
+    _, label2, _ = make_case((12, 12, 12), (2.0, 2.0, 2.5), seed=2)
+    ds.rewrite(2, "label", label2.astype(np.float32), affine)
+    assert np.all(np.mod(whole, 1) == 0)
+    msg, _, table = _qc_fails(ds.write(), Config(), tmp_path / "qc")
+    assert f"{ds.path(0, 'label')}: case case_0: label_values: label contains NaN/Inf" in msg
+    assert f"{ds.path(1, 'label')}: case case_1: label_values: label contains non-integer" in msg
+    assert _status(table, "case_2") == "ok"
+
+
+def test_rater_labels_are_checked_like_the_primary(ds: Dataset, tmp_path: Path) -> None:
+    """Every rater file: decodable, sha256, label values, NaN, grid, foreground."""
+    _, label, affine = make_case((12, 12, 12), (2.0, 2.0, 2.5), seed=0)
+    r0 = _with_raters(ds, 0)
+    r1 = _with_raters(ds, 1, 3)
+    r2 = _with_raters(ds, 2)
+    save_nifti(r0[1], np.where(label == 3, 11, label).astype(np.uint8), affine)  # value 11
+    nan = label.astype(np.float32)
+    nan[2, 2, 2] = np.nan
+    save_nifti(r1[0], nan, affine)
+    save_nifti(r1[2], label[:, :, :10], affine)  # grid differs
+    save_nifti(r2[0], np.zeros_like(label), affine)  # empty
+    manifest = ds.write()
+    raw = r2[1].read_bytes()
+    r2[1].write_bytes(raw[: len(raw) // 2])  # truncated after ingest
+    msg, summary, _ = _qc_fails(manifest, Config(), tmp_path / "qc")
+    assert f"{r0[1]}: case case_0: label_values: rater rater1 label values [11]" in msg
+    assert f"{r1[0]}: case case_1: label_values: rater rater0 label contains NaN/Inf" in msg
+    assert f"{r1[2]}: case case_1: shape: rater rater2 label shape (12, 12, 10)" in msg
+    assert f"{r2[0]}: case case_2: foreground: rater rater0 label has no foreground" in msg
+    assert f"{r2[1]}: case case_2: readable:" in msg
+    assert f"{r2[1]}: case case_2: sha256: rater rater1 label sha256" in msg
+    # The untouched rater files raise nothing.
+    flagged = {e["file"] for e in summary["errors"]}
+    assert str(r0[0]) not in flagged and str(r1[1]) not in flagged
+
+
+def test_rater_sha256_is_in_the_manifest(ds: Dataset) -> None:
+    from reproseg.io import sha256_file
+    from reproseg.manifest import parse_rater_labels, read_manifest
+
+    paths = _with_raters(ds, 0)
+    row = read_manifest(ds.write()).set_index("case_id").loc["case_0"]
+    assert parse_rater_labels(row["rater_sha256"]) == {
+        f"rater{r}": sha256_file(p) for r, p in enumerate(paths)
+    }
+
+
+def _rescaled_ct(ds: Dataset) -> None:
+    image, _, affine = make_case((12, 12, 12), (2.0, 2.0, 2.5), seed=0)
+    ds.rewrite(0, "image", ((image.astype(np.float32) + 1000) / 4000).clip(0, 1), affine)
+
+
+def test_ct_rescaled_to_unit_range_is_an_error_by_default(ds: Dataset, tmp_path: Path) -> None:
+    _rescaled_ct(ds)
+    msg, summary, table = _qc_fails(ds.write(), Config(), tmp_path / "qc")
+    assert f"{ds.path(0)}: case case_0: intensity_span: intensities span only" in msg
+    assert [e["check"] for e in summary["errors"]] == ["intensity_span"]
+    span = table.set_index("case_id")["intensity_span"]
+    assert span["case_0"] < 1.0 and span["case_1"] > 100.0  # HU: air to soft tissue
+
+
+def test_ct_rescaled_to_unit_range_can_be_a_warning(ds: Dataset, tmp_path: Path) -> None:
+    _rescaled_ct(ds)
+    cfg = Config.model_validate({"qc": {"intensity_span": "warn"}})
+    summary = run_qc(ds.write(), cfg, tmp_path / "qc")
+    assert summary["ok"] and [w["check"] for w in summary["warnings"]] == ["intensity_span"]
+    off = Config.model_validate({"qc": {"min_intensity_span": 0}})
+    assert run_qc(ds.write(), off, tmp_path / "qc_off")["warnings"] == []
+
+
+def test_on_error_exclude_keeps_the_good_cases(ds: Dataset, tmp_path: Path) -> None:
+    _empty_label(ds)
+    manifest = ds.write()
+    ds.path(1).write_bytes(b"not a volume")
+    cfg = Config.model_validate({"qc": {"on_error": "exclude"}})
+    summary = run_qc(manifest, cfg, tmp_path / "qc")
+    assert summary["ok"] and summary["excluded"] == ["case_0", "case_1"]
+    assert summary["excluded_for_errors"] == ["case_0", "case_1"]
+    assert {e["case_id"] for e in summary["errors"]} == {"case_0", "case_1"}
+    table = pd.read_csv(tmp_path / "qc" / "inputs.tsv", sep="\t")
+    assert list(table["status"]) == ["excluded", "excluded", "ok"]
+    assert "Excluded because of their errors" in (tmp_path / "qc" / "qc.md").read_text("utf-8")
+    # Nothing left: QC fails even under exclude.
+    ds.path(2, "label").unlink()
+    msg, _, _ = _qc_fails(manifest, cfg, tmp_path / "qc2")
+    assert "every case is excluded" in msg
+
+
+def test_twelve_defects_in_one_pass(tmp_path: Path) -> None:
+    """Issue 14: one ingest + QC run lists all twelve defects, each with its file and problem,
+    in qc.json, qc.md and the single error; with on_error: exclude the good cases go on."""
+    from reproseg.ingest import run_ingest
+    from reproseg.splits import run_split
+
+    expected = make_defective_msd_dataset(tmp_path / "src", n_good=6)
+    assert len({v[0] for v in expected.values()}) == 12
+    cfg = Config.model_validate(
+        {"source": {"kind": "local", "local": {"layout": "msd", "path": str(tmp_path / "src")}}}
+    )
+    out = tmp_path / "data"
+    df = run_ingest(cfg, out)  # the six unreadable cases do not stop it
+    assert len(df) == 18 and (df["ingest_errors"] != "").sum() == 6
+
+    msg, summary, table = _qc_fails(out / "manifest.tsv", cfg, tmp_path / "qc")
+    md = (tmp_path / "qc" / "qc.md").read_text(encoding="utf-8")
+    assert msg.startswith("QC failed: 12 error(s) in 12 case(s)")
+    error_lines = msg.splitlines()[1:]
+    assert len(error_lines) == 12
+    assert {e["case_id"] for e in summary["errors"]} == set(expected)
+    for case, (defect, role, src, check, phrase) in expected.items():
+        # Unreadable files are named by their source path; the others by the ingested file.
+        folder = "images" if role == "image" else "labels"
+        file = src if check == "readable" else str(out / "raw" / folder / f"{case}.nii.gz")
+        lines = [ln for ln in error_lines if ln.startswith(f"{file}: case {case}: {check}: ")]
+        assert len(lines) == 1 and phrase in lines[0], (defect, error_lines)
+        [err] = [e for e in summary["errors"] if e["case_id"] == case]
+        assert (err["file"], err["check"]) == (file, check) and phrase in err["message"], defect
+        assert f"| {case} | `{Path(file).name}` | {check} | error |" in md, defect
+        assert _status(table, case) == "error"
+    good = sorted(set(df["case_id"]) - set(expected))
+    assert len(good) == 6 and all(_status(table, c) == "ok" for c in good)
+
+    exclude = cfg.model_copy(update={"qc": cfg.qc.model_copy(update={"on_error": "exclude"})})
+    kept = run_qc(out / "manifest.tsv", exclude, tmp_path / "qc_exclude")
+    assert kept["ok"] and sorted(kept["excluded"]) == sorted(expected)
+    assert len(kept["errors"]) == 12  # still reported, only the decision differs
+    splits = run_split(
+        out / "manifest.tsv",
+        tmp_path / "qc_exclude" / "qc.json",
+        tmp_path / "splits.json",
+        cfg.split,
+    )
+    used = set(splits["test"]["cases"]) | {
+        c for f in splits["folds"] for c in f["train_cases"] + f["val_cases"]
+    }
+    assert used == set(good)
+    # Nothing already produced is lost: every good case's ingested files are in place.
+    for case in good:
+        assert (out / "raw" / "images" / f"{case}.nii.gz").exists()
+        assert (out / "raw" / "labels" / f"{case}.nii.gz").exists()

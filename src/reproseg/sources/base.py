@@ -38,3 +38,44 @@ class CaseRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class FailedCase:
+    """A case a source found but could not read or convert, kept so that QC reports it.
+
+    Ingest writes it into the manifest (paths of the source files, ``ingest_errors``) instead
+    of stopping, so one QC report lists every problem of every case and the QC policy
+    (``qc.on_error``) decides for all cases alike.
+    """
+
+    case_id: str
+    subject_id: str
+    image: str
+    label: str
+    source_uri: str
+    problems: list[tuple[str, str]]
+    """``(file, problem)`` pairs, one per file that failed."""
+    annotator: str = "rater0"
+    rater_labels: dict[str, str] = field(default_factory=dict)
+
+
+class CaseConversionError(ValueError):
+    """One case's files failed; ``problems`` holds ``(file, problem)`` for each of them."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(f"{file}: {problem}" for file, problem in problems))
+        self.problems = problems
+
+
+class CasesFailed(ValueError):
+    """Some cases failed, the others were converted.
+
+    Still a ``ValueError`` with the full message for callers that only want to stop; ingest
+    catches it and carries on with ``records`` and ``failed``.
+    """
+
+    def __init__(self, message: str, records: list[CaseRecord], failed: list[FailedCase]) -> None:
+        super().__init__(message)
+        self.records = records
+        self.failed = failed

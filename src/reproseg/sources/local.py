@@ -34,7 +34,12 @@ import pandas as pd
 from reproseg.config import LocalSource
 from reproseg.io import save_nifti
 from reproseg.logs import get_logger
-from reproseg.sources.base import CaseRecord
+from reproseg.sources.base import (
+    CaseConversionError,
+    CaseRecord,
+    CasesFailed,
+    FailedCase,
+)
 
 log = get_logger("sources.local")
 
@@ -222,23 +227,41 @@ class _Case:
 
 
 def _convert(case: _Case, raw_dir: Path, mapping: dict[int, int] | None) -> CaseRecord:
-    """Decode one case's files and write them as NIfTI under ``raw_dir``."""
-    data, affine = read_volume(case.image)
+    """Decode one case's files and write them as NIfTI under ``raw_dir``.
+
+    Every file is tried, so a case with a truncated image and a missing label reports both
+    (:class:`CaseConversionError` with one ``(file, problem)`` per failed file).
+    """
+    problems: list[tuple[str, str]] = []
+
+    def failed(src: Path, exc: ValueError) -> None:
+        problems.append((str(src), str(exc).removeprefix(f"{src}: ")))
+
     image_path = raw_dir / "images" / f"{case.case_id}.nii.gz"
-    save_nifti(image_path, image_dtype(data), affine)
+    try:
+        data, affine = read_volume(case.image)
+        save_nifti(image_path, image_dtype(data), affine)
+    except ValueError as exc:
+        failed(case.image, exc)
     raters = list(case.labels)
     primary = raters[0]
     rater_paths: dict[str, str] = {}
     label_path = raw_dir / "labels" / f"{case.case_id}.nii.gz"
     for rater, src in case.labels.items():
-        lab, lab_affine = read_volume(src)
-        lab = label_array(lab, mapping, Path(src))
+        try:
+            lab, lab_affine = read_volume(src)
+            lab = label_array(lab, mapping, Path(src))
+        except ValueError as exc:
+            failed(src, exc)
+            continue
         if len(raters) > 1:
             out = raw_dir / "labels" / f"{case.case_id}_{safe_case_id(rater)}.nii.gz"
             save_nifti(out, lab, lab_affine)
             rater_paths[rater] = str(out)
         if rater == primary:
             save_nifti(label_path, lab, lab_affine)
+    if problems:
+        raise CaseConversionError(problems)
     return CaseRecord(
         case_id=case.case_id,
         subject_id=case.subject_id,
@@ -257,10 +280,13 @@ def _convert_all(
     """Convert every case; collect the failures and raise them together.
 
     Files of the cases that succeeded stay in place (atomic writes), so the error lists
-    every bad case at once and nothing good is lost.
+    every bad case at once and nothing good is lost. When only unreadable cases failed, the
+    error is a :class:`CasesFailed` carrying the converted records and the failed cases, so
+    that ingest can go on and QC report them with every other problem.
     """
     records: list[CaseRecord] = []
     errors: list[str] = []
+    failed: list[FailedCase] = []
     seen: dict[str, str] = {}
     for case in cases:
         if case.case_id in seen:
@@ -272,10 +298,30 @@ def _convert_all(
         try:
             records.append(_convert(case, raw_dir, mapping))
             log.info("case %s: converted %s", case.case_id, case.image)
+        except CaseConversionError as exc:
+            errors.extend(f"case {case.case_id}: {f}: {m}" for f, m in exc.problems)
+            labels = {rater: str(path) for rater, path in case.labels.items()}
+            failed.append(
+                FailedCase(
+                    case_id=case.case_id,
+                    subject_id=case.subject_id,
+                    image=str(case.image),
+                    label=next(iter(labels.values())),
+                    source_uri=Path(case.image).resolve().as_uri(),
+                    problems=exc.problems,
+                    annotator=next(iter(labels)),
+                    rater_labels=labels if len(labels) > 1 else {},
+                )
+            )
         except ValueError as exc:
             errors.append(f"case {case.case_id}: {exc}")
     if errors:
-        raise ValueError(f"{len(errors)} case(s) could not be ingested:\n" + "\n".join(errors))
+        message = f"{len(errors)} problem(s) in cases that could not be ingested:\n" + "\n".join(
+            errors
+        )
+        if len(errors) == sum(len(f.problems) for f in failed):
+            raise CasesFailed(message, records, failed)
+        raise ValueError(message)
     if not records:
         raise ValueError(f"{root}: no cases found")
     return records
