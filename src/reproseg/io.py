@@ -1,12 +1,16 @@
 """File helpers shared by every step: atomic writes, hashing, NIfTI and table I/O.
 
 Every output is written to a temporary file in the same directory and renamed into
-place, so a killed job never leaves a half-written file that a rerun would trust.
+place, so a killed job never leaves a half-written file that a rerun would trust. The
+temporary file is fsynced before the rename and the directory after it: without that, a
+power cut can leave the new name pointing at an empty or partial file (the rename reached
+the disk, the data did not), which a resumed run would then trust.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -30,15 +34,46 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's data and metadata to disk (``fsync`` on a fresh descriptor)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory entry (a rename or a new file) to disk.
+
+    Platforms without directory descriptors (Windows) and file systems that refuse to fsync
+    a directory (``EINVAL``/``ENOTSUP``) are skipped: there is nothing more to do on them.
+    """
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+    """Yield a temporary path next to ``path``; make it durable and rename it onto ``path``.
 
     The temporary name keeps the final suffix (``.nii.gz``, ``.pt``...) so that libraries
-    which pick a format from the extension still work. On an exception the temporary file
-    is removed and ``path`` is left untouched.
+    which pick a format from the extension still work. On success the temporary file is
+    fsynced, renamed, and the directory fsynced, in that order (see the module docstring).
+    On an exception (in the writer or in a flush) the temporary file is removed and ``path``
+    is left untouched.
     """
     target = Path(path)
+    # Folders created here need their own entries flushed too (in their parent folders).
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(target.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
@@ -50,7 +85,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         # reports and packages stay readable by collaborators on a shared file system.
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_UMASK)
+        fsync_file(tmp_path)
         os.replace(tmp_path, target)
+        fsync_dir(target.parent)
+        for folder in created:
+            fsync_dir(folder.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

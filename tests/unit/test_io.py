@@ -64,3 +64,102 @@ def test_save_torch_bytes_do_not_depend_on_the_temporary_name(tmp_path: Path) ->
     assert io.sha256_file(tmp_path / "a.pt") == io.sha256_file(tmp_path / "sub" / "model.pt")
     back = torch.load(tmp_path / "a.pt", weights_only=True)
     assert torch.equal(back["w"], obj["w"]) and back["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------- durability
+
+
+class _Recorder:
+    """Records fsync and rename calls in order, naming what each fsync'd descriptor is."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> None:
+        import os
+
+        self.events: list[tuple[str, str]] = []
+        self._fsync, self._replace = os.fsync, os.replace
+        self.fail_on = fail_on
+        monkeypatch.setattr(os, "fsync", self.fsync)
+        monkeypatch.setattr(os, "replace", self.replace)
+
+    def fsync(self, fd: int) -> None:
+        import os
+
+        what = os.readlink(f"/proc/self/fd/{fd}")
+        self.events.append(("fsync", what))
+        if self.fail_on is not None and self.fail_on in Path(what).name:
+            raise OSError(5, "Input/output error (simulated power loss)")
+        self._fsync(fd)
+
+    def replace(self, src: str | Path, dst: str | Path) -> None:
+        self.events.append(("replace", f"{src} -> {dst}"))
+        self._replace(src, dst)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+
+
+@needs_proc
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: io.write_text(p, "x"),
+        lambda p: io.write_bytes(p, b"x"),
+        lambda p: io.write_json(p, {"a": 1}),
+        lambda p: io.write_tsv(p, __import__("pandas").DataFrame({"a": [1]})),
+        lambda p: io.save_nifti(p, np.zeros((2, 2, 2), np.uint8), np.eye(4)),
+    ],
+    ids=["text", "bytes", "json", "tsv", "nifti"],
+)
+def test_atomic_writes_fsync_file_then_rename_then_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write
+) -> None:
+    target = tmp_path / "out" / "result.nii.gz"
+    rec = _Recorder(monkeypatch)
+    write(target)
+    kinds = [e[0] for e in rec.events]
+    assert kinds[:3] == ["fsync", "replace", "fsync"], rec.events
+    tmp_name = Path(rec.events[0][1]).name
+    assert tmp_name.startswith(".result.nii.gz.") and ".tmp" in tmp_name  # the temporary file
+    assert rec.events[1][1].endswith(f"-> {target}")
+    assert rec.events[2][1] == str(target.parent)  # the folder holding the new entry
+    # out/ was created by the write: its entry in tmp_path is flushed too.
+    assert ("fsync", str(tmp_path)) in rec.events[3:]
+    assert target.exists()
+
+
+@needs_proc
+def test_failed_flush_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "metrics.json"
+    _Recorder(monkeypatch, fail_on=".metrics.json.")
+    with pytest.raises(OSError, match="simulated power loss"):
+        io.write_json(target, {"dice": 0.9})
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary file
+
+
+def test_failure_mid_write_leaves_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+
+    class Killed(Exception):
+        pass
+
+    with pytest.raises(Killed), io.atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(b"half of the weights")
+            fh.flush()
+        raise Killed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fsync_dir_tolerates_file_systems_that_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    def refuse(fd: int) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    io.fsync_dir(tmp_path)  # e.g. some network file systems: nothing more can be done
+    with pytest.raises(OSError):
+        io.fsync_file(tmp_path)  # a file flush never swallows the failure
