@@ -380,8 +380,10 @@ class FakeServer:
 
     def _call(self, name: str) -> None:
         self.calls[name] += 1
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        if self.latency_s:  # a busy wait: sleep() overshoots sub-millisecond delays
+            end = time.perf_counter() + self.latency_s
+            while time.perf_counter() < end:
+                pass
 
     def add_project(self, name: str, group: int | None = None) -> int:
         pid = self.new_id()
