@@ -279,6 +279,13 @@ class PixelsI(_ModelObject):
     getPhysicalSizeZ, setPhysicalSizeZ = _field("physicalSizeZ")
 
 
+class DatasetI(_ModelObject):
+    name = description = None
+
+    getName, setName = _field("name")
+    getDescription, setDescription = _field("description")
+
+
 class ImageI(_ModelObject):
     def __init__(self, iid: int) -> None:
         super().__init__()
@@ -882,13 +889,19 @@ class UpdateService:
         server = self._conn._server
         group = self._conn._write_group(_ctx_group(ctx))
         target = (
-            obj.image_id if isinstance(obj, PixelsI) else unwrap(getattr(obj.image, "id", None))
+            obj.image_id
+            if isinstance(obj, PixelsI)
+            else unwrap(getattr(getattr(obj, "image", None), "id", None))
         )
         if target is not None and server.images[target].group != group:
             raise SecurityViolation(
                 f"{type(obj).__name__} of Image:{target} (group {server.images[target].group}) "
                 f"cannot be saved in group {group}"
             )
+        if isinstance(obj, DatasetI):
+            saved = copy.deepcopy(obj)
+            saved.id = rlong(server.add_dataset(str(unwrap(obj.name) or ""), group=group))
+            return saved
         if isinstance(obj, PixelsI):
             pixels = server.images[obj.image_id].pixels
             pixels.physicalSizeX, pixels.physicalSizeY, pixels.physicalSizeZ = (
@@ -1110,6 +1123,40 @@ class BlitzGateway:
     def getRoiService(self) -> RoiService:
         return RoiService(self)
 
+    def getAdminService(self) -> Any:
+        """Only ``lookupGroup(name)``: an object whose ``getId()`` is the group's RLong."""
+        server = self._server
+
+        def lookup_group(name: str) -> Any:
+            for gid, gname in server.groups.items():  # type: ignore[union-attr]
+                if gname == name:
+                    return types.SimpleNamespace(getId=lambda gid=gid: rlong(gid))
+            raise ApiUsageException(f"no group {name!r}")
+
+        return types.SimpleNamespace(lookupGroup=lookup_group)
+
+    def deleteObjects(
+        self,
+        graph_spec: str,
+        obj_ids: list[int],
+        deleteAnns: bool = False,
+        deleteChildren: bool = False,
+        dryRun: bool = False,
+        wait: bool = False,
+    ) -> None:
+        """Delete Datasets (with their images when ``deleteChildren``) in the context's group."""
+        self._check()
+        server = self._server
+        assert server is not None and graph_spec == "Dataset"
+        group = self._write_group(self.SERVICE_OPTS.getOmeroGroup())
+        for did in obj_ids:
+            if server.datasets[did]["group"] != group:
+                raise SecurityViolation(f"Dataset:{did} is not in group {group}")
+            images = server.datasets.pop(did)["images"]
+            for iid in images if deleteChildren else []:
+                server.images.pop(iid, None)
+                server.rois.pop(iid, None)
+
     def getUpdateService(self) -> UpdateService:
         return UpdateService(self)
 
@@ -1199,7 +1246,16 @@ def _modules() -> dict[str, types.ModuleType]:
         "TagAnnotationWrapper",
     ):
         setattr(gateway, name, globals()[name])
-    for name in ("MaskI", "PolygonI", "RoiI", "LengthI", "NamedValue", "ImageI", "PixelsI"):
+    for name in (
+        "MaskI",
+        "PolygonI",
+        "RoiI",
+        "LengthI",
+        "NamedValue",
+        "DatasetI",
+        "ImageI",
+        "PixelsI",
+    ):
         setattr(model, name, globals()[name])
     enums.UnitsLength = UnitsLength  # type: ignore[attr-defined]
     model.enums = enums  # type: ignore[attr-defined]
