@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from reproseg.config import COUINAUD_LABELS, SyntheticSource
+from reproseg.config import COUINAUD_LABELS, RandomisedSynthetic, SyntheticSource
 from reproseg.io import sha256_file
 from reproseg.sources import synthetic
 from reproseg.sources.synthetic import (
     generate_case,
     generate_dataset,
     generate_volume,
+    randomised,
     rater_label,
 )
 
@@ -269,3 +270,234 @@ def test_cli_writes_dataset_and_case_list(tmp_path: Path) -> None:
     assert len(cases) >= 2
     assert sorted(cases[0]["rater_labels"]) == ["rater0", "rater1", "rater2"]
     assert all(Path(c["image"]).is_file() for c in cases)
+
+
+# --------------------------------------------------------------------------------------------
+# Pinned bytes of the default (phantom) style
+# --------------------------------------------------------------------------------------------
+
+
+def test_phantom_style_bytes_are_pinned() -> None:
+    """The default generator must not move a voxel when the randomised style or a refactor
+    changes the package: hashes of one small case, recorded before those changes."""
+    import hashlib
+
+    vol = generate_case(5, 1, 0, (24, 20, 16))
+    assert hashlib.sha256(vol.image.tobytes()).hexdigest() == (
+        "dd7c89fa2ec33d88cf8516d63dfa9c4a020827aa1b17b463e77a4c51ad000fb5"
+    )
+    assert hashlib.sha256(vol.label.tobytes()).hexdigest() == (
+        "e3f4e3704c6cdfa9b7b6f267b615bfad79c79ac8e67c3702cb32618d3742fadb"
+    )
+    assert SyntheticSource().style == "phantom"
+
+
+# --------------------------------------------------------------------------------------------
+# Randomised style
+# --------------------------------------------------------------------------------------------
+
+QUIET = {  # no noise or artefacts: differences between two renders come from one setting
+    "noise_hu": [0.0, 0.0],
+    "streak_hu": [0.0, 0.0],
+    "beam_hardening_hu": [0.0, 0.0],
+}
+
+
+def _rvol(seed: int, shape: tuple[int, int, int] = (48, 48, 64), labels=None, **ranges):
+    """One randomised volume from three seeded streams and the given config ranges."""
+    plan = randomised.label_plan(labels or {0: "background", 1: "liver"})
+    rngs = tuple(np.random.default_rng([seed, i]) for i in range(3))
+    return randomised.generate_randomised(RandomisedSynthetic(**ranges), shape, plan, rngs)
+
+
+def _body_width_mm(vol) -> float:
+    """Left-right extent (mm) of the body (> -500 HU) on the middle slice."""
+    body = vol.image[:, :, vol.image.shape[2] // 2] > -500
+    xs = np.nonzero(body.any(axis=1))[0]
+    return float((xs.max() - xs.min() + 1) * vol.spacing[0])
+
+
+def _liver_interior_hu(vol) -> float:
+    inner = ndimage.binary_erosion(vol.label == 1, iterations=1)
+    return float(np.median(vol.image[inner]))
+
+
+def test_randomised_dataset_is_byte_identical_per_seed(tmp_path: Path) -> None:
+    cfg = SyntheticSource(
+        style="randomised", seed=3, n_subjects=3, multi_scan_fraction=0.34, shape=[32, 32, 200]
+    )
+    labels = {0: "background", 1: "liver", 2: "spleen"}
+    a = generate_dataset(cfg, labels, tmp_path / "a")
+    b = generate_dataset(cfg, labels, tmp_path / "b")
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
+    assert [r.metadata for r in a] == [r.metadata for r in b]
+    generate_dataset(cfg.model_copy(update={"seed": 4}), labels, tmp_path / "c")
+    hc = _hashes(tmp_path / "c")
+    assert all(hc[k] != v for k, v in _hashes(tmp_path / "a").items() if k in hc)
+    # slice counts vary per scan; the in-plane grid is the configured one
+    shapes = {nib.load(r.image).shape for r in a}
+    assert {s[:2] for s in shapes} == {(32, 32)} and len({s[2] for s in shapes}) > 1
+    for r in a:
+        lab = np.asarray(nib.load(r.label).dataobj)
+        assert set(np.unique(lab)) <= {0, 1, 2} and (lab == 1).any()
+        assert r.metadata["phase"] in randomised.PHASES
+
+
+def test_randomised_couinaud_and_organ_labels() -> None:
+    names = {**COUINAUD_LABELS, 9: "spleen", 10: "aorta", 11: "kidney_right", 12: "ribs"}
+    vol = _rvol(2, (64, 64, 80), labels=names, z_offset_mm=[0.0, 0.0])
+    present = set(np.unique(vol.label).tolist())
+    assert set(range(1, 9)) <= present and {9, 10, 11} <= present
+    with pytest.raises(ValueError, match="tumour"):
+        randomised.label_plan({0: "background", 1: "liver", 2: "tumour"})
+
+
+@pytest.mark.parametrize("key", ["fov_mm", "slice_thickness_mm"])
+def test_geometry_ranges_are_respected_and_vary(key: str) -> None:
+    lo, hi = (300.0, 480.0) if key == "fov_mm" else (2.0, 6.0)
+    measured = []
+    for seed in range(5):
+        vol = _rvol(seed, (32, 32, 200), **{key: [lo, hi]})
+        measured.append(32 * vol.spacing[0] if key == "fov_mm" else vol.spacing[2])
+    assert all(lo - 0.01 <= m <= hi + 0.01 for m in measured), measured
+    assert np.ptp(measured) > 0.1 * (hi - lo)
+
+
+def test_coverage_sets_the_slice_count() -> None:
+    counts = [
+        _rvol(
+            s, (32, 32, 400), slice_thickness_mm=[3.0, 3.0], z_coverage_mm=[150, 300]
+        ).image.shape[2]
+        for s in range(5)
+    ]
+    assert all(150 / 3 - 1 <= n <= 300 / 3 + 1 for n in counts) and len(set(counts)) > 1
+    capped = _rvol(0, (32, 32, 20), slice_thickness_mm=[3.0, 3.0], z_coverage_mm=[300, 300])
+    assert capped.image.shape[2] == 20  # shape[2] is the most slices
+
+
+def test_z_offset_includes_the_chest_or_cuts_the_dome() -> None:
+    fixed = {"slice_thickness_mm": [4.0, 4.0], "z_coverage_mm": [160.0, 160.0]}
+    for seed in range(3):
+        chest = _rvol(seed, **fixed, z_offset_mm=[110.0, 110.0])
+        assert chest.metadata["chest_in_view"] and not chest.metadata["dome_cut"]
+        cut = _rvol(seed, **fixed, z_offset_mm=[-70.0, -70.0])
+        assert cut.metadata["dome_cut"] and cut.label[:, :, -1].any()
+
+
+def test_patient_scale_and_fat_change_the_body_size() -> None:
+    for seed in range(2):
+        small = _rvol(seed, patient_scale=[0.85, 0.85], fov_mm=[500, 500], extra_fat_mm=[0, 0])
+        large = _rvol(seed, patient_scale=[1.2, 1.2], fov_mm=[500, 500], extra_fat_mm=[0, 0])
+        ratio = _body_width_mm(large) / _body_width_mm(small)
+        assert 1.2 / 0.85 - 0.12 < ratio < 1.2 / 0.85 + 0.12
+        fat = _rvol(seed, patient_scale=[1.0, 1.0], fov_mm=[500, 500], extra_fat_mm=[30, 30])
+        lean = _rvol(seed, patient_scale=[1.0, 1.0], fov_mm=[500, 500], extra_fat_mm=[0, 0])
+        assert 40 < _body_width_mm(fat) - _body_width_mm(lean) < 80  # about 2 x 30 mm
+
+
+def _liver_extent(vol, axis: int) -> tuple[float, float]:
+    idx = np.nonzero((vol.label > 0).any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    return float(idx.min() * vol.spacing[axis]), float(idx.max() * vol.spacing[axis])
+
+
+def test_liver_shape_settings_vary_the_liver() -> None:
+    view = {"z_offset_mm": [40.0, 40.0], "z_coverage_mm": [400.0, 400.0], **QUIET}
+    view |= {"slice_thickness_mm": [3.0, 3.0], "fov_mm": [400.0, 400.0]}
+    base = _rvol(1, (64, 64, 200), liver_deform_mm=[0.0, 0.0], riedel_probability=0.0, **view)
+    deformed = _rvol(1, (64, 64, 200), liver_deform_mm=[12.0, 12.0], riedel_probability=0.0, **view)
+    a, b = base.label > 0, deformed.label > 0
+    dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert 0.6 < dice < 0.995
+    short = _rvol(1, (64, 64, 200), left_lobe_scale=[0.6, 0.6], **view)
+    long = _rvol(1, (64, 64, 200), left_lobe_scale=[1.35, 1.35], **view)
+    # the left lobe reaches towards the patient's left = low x in RAS
+    assert _liver_extent(long, 0)[0] < _liver_extent(short, 0)[0] - 5
+    riedel = _rvol(1, (64, 64, 200), riedel_probability=1.0, **view)
+    plain = _rvol(1, (64, 64, 200), riedel_probability=0.0, **view)
+    assert _liver_extent(riedel, 2)[0] < _liver_extent(plain, 2)[0] - 5  # reaches lower
+    assert (riedel.label > 0).sum() > (plain.label > 0).sum()
+    low = _rvol(1, (64, 64, 200), dome_scale=[0.8, 0.8], **view)
+    high = _rvol(1, (64, 64, 200), dome_scale=[1.2, 1.2], **view)
+    assert _liver_extent(high, 2)[1] > _liver_extent(low, 2)[1] + 5
+
+
+def test_contrast_phase_sets_organ_hu() -> None:
+    labels = {0: "background", 1: "liver", 2: "aorta"}
+    fixed = {**QUIET, "hu_shift": [0.0, 0.0], "fov_mm": [320.0, 320.0], "z_offset_mm": [0.0, 0.0]}
+    for phase, liver_range, aorta_range in (
+        ("native", (45, 70), (35, 50)),
+        ("arterial", (55, 85), (220, 420)),
+        ("portal_venous", (90, 135), (140, 200)),
+    ):
+        hus = []
+        for seed in range(3):
+            vol = _rvol(seed, (96, 96, 48), labels=labels, phases=[phase], **fixed)
+            assert vol.metadata["phase"] == phase
+            liver = _liver_interior_hu(vol)
+            aorta = float(np.median(vol.image[ndimage.binary_erosion(vol.label == 2)]))
+            assert liver_range[0] - 6 < liver < liver_range[1] + 6, (phase, liver)
+            assert aorta_range[0] - 10 < aorta < aorta_range[1] + 10, (phase, aorta)
+            hus.append(liver)
+        assert np.ptp(hus) > 1.0  # drawn per scan
+
+
+def test_hu_shift_moves_all_tissues() -> None:
+    up = _rvol(4, (64, 64, 48), hu_shift=[20.0, 20.0], **QUIET)
+    down = _rvol(4, (64, 64, 48), hu_shift=[-20.0, -20.0], **QUIET)
+    assert 36 < _liver_interior_hu(up) - _liver_interior_hu(down) < 44
+
+
+def test_noise_level_and_grain() -> None:
+    lo = _rvol(5, (64, 64, 32), **{**QUIET, "noise_hu": [10.0, 10.0]})
+    hi = _rvol(5, (64, 64, 32), **{**QUIET, "noise_hu": [25.0, 25.0]})
+    diff = hi.image.astype(float) - lo.image.astype(float)
+    centre = diff[24:40, 24:40, :]  # body centre, where the stated level applies
+    assert 0.8 * 15 < centre.std() < 1.1 * 15
+    # the noise power spectrum peaks at 1 / grain (radial average, 0.5 mm pixels)
+    for grain in (2.0, 4.0):
+        noise = randomised.ct_noise(np.random.default_rng(0), (256, 256, 4), 0.5, grain)
+        assert abs(noise.std() - 1) < 0.02  # unit variance by construction
+        power = (np.abs(np.fft.fft2(noise, axes=(0, 1))) ** 2).mean(axis=2)
+        f = np.hypot(
+            *np.meshgrid(np.fft.fftfreq(256, 0.5), np.fft.fftfreq(256, 0.5), indexing="ij")
+        )
+        bins = np.linspace(0, 1.0, 41)
+        idx = np.digitize(f.ravel(), bins)
+        radial = [power.ravel()[idx == i].mean() for i in range(1, 41)]
+        peak = (bins[int(np.argmax(radial))] + bins[int(np.argmax(radial)) + 1]) / 2
+        assert abs(peak - 1 / grain) < 0.3 / grain, (grain, peak)
+    drawn = [
+        randomised.sample_rscan(np.random.default_rng(s), RandomisedSynthetic(), (64, 64, 64))
+        for s in range(10)
+    ]
+    assert all(1.5 <= d.noise_grain <= 5.0 and 6.0 <= d.noise_sd <= 30.0 for d in drawn)
+    assert np.ptp([d.noise_grain for d in drawn]) > 1 and np.ptp([d.noise_sd for d in drawn]) > 5
+
+
+def test_psf_blurs_the_image() -> None:
+    sharp = _rvol(6, (96, 96, 32), psf_mm=[0.4, 0.4], fov_mm=[300.0, 300.0], **QUIET)
+    soft = _rvol(6, (96, 96, 32), psf_mm=[6.0, 6.0], fov_mm=[300.0, 300.0], **QUIET)
+    grad = [np.abs(np.diff(v.image.astype(float), axis=0)).mean() for v in (sharp, soft)]
+    assert grad[1] < 0.8 * grad[0]
+
+
+@pytest.mark.parametrize("key", ["streak_hu", "beam_hardening_hu"])
+def test_artefacts_stay_within_their_amplitude(key: str) -> None:
+    off = _rvol(7, (64, 64, 40), **QUIET)
+    on = _rvol(7, (64, 64, 40), **{**QUIET, key: [40.0, 40.0]})
+    diff = on.image.astype(float) - off.image.astype(float)
+    assert np.abs(diff).max() <= 40 + 1  # rounding
+    if key == "streak_hu":
+        assert np.abs(diff).max() > 20 and (diff > 5).any() or (diff < -5).any()
+    else:
+        assert diff.max() <= 1 and diff.min() < -20
+
+
+def test_thick_slices_are_averaged_over_sub_slices() -> None:
+    for thickness in (1.0, 2.5, 5.0):
+        scan = randomised.sample_rscan(
+            np.random.default_rng(0),
+            RandomisedSynthetic(slice_thickness_mm=[thickness, thickness]),
+            (32, 32, 64),
+        )
+        assert scan.sub_slices % 2 == 1 and thickness / scan.sub_slices <= 1.25

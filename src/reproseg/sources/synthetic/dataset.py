@@ -25,6 +25,7 @@ from reproseg.sources.synthetic.phantom import (
     sample_anatomy,
     sample_scan,
 )
+from reproseg.sources.synthetic.randomised import LabelPlan, generate_randomised, label_plan
 from reproseg.sources.synthetic.raters import rater_label
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,30 @@ def generate_case(
     return vol
 
 
+def generate_randomised_case(
+    cfg: SyntheticSource, subject: int, scan_index: int, plan: LabelPlan
+) -> SyntheticVolume:
+    """Render scan ``scan_index`` of subject ``subject`` in the randomised style.
+
+    Same streams as :func:`generate_case`: the anatomy comes from the subject's stream, so a
+    follow-up shows the same patient with a new phase, field of view, slices and noise.
+    """
+    shape = _check_shape(cfg.shape)
+    growth = 1.0
+    if scan_index > 0:
+        growth = float(
+            _case_rng(cfg.seed, subject, scan_index, _STREAM_FOLLOWUP).uniform(0.85, 1.35)
+        )
+    rngs = (
+        _case_rng(cfg.seed, subject, 0, _STREAM_ANATOMY),
+        _case_rng(cfg.seed, subject, scan_index, _STREAM_SCAN),
+        _case_rng(cfg.seed, subject, scan_index, _STREAM_NOISE),
+    )
+    vol = generate_randomised(cfg.randomised, shape, plan, rngs, cfg.lesion_probability, growth)
+    vol.metadata["scan_index"] = scan_index
+    return vol
+
+
 def _label_mode(labels: dict[int, str]) -> str:
     keys = {int(k) for k in labels}
     if keys == set(COUINAUD_LABELS):
@@ -89,12 +114,18 @@ def generate_dataset(
 ) -> list[CaseRecord]:
     """Write the synthetic dataset under ``raw_dir`` and return one record per scan.
 
+    ``cfg.style`` picks the generator: ``phantom`` (labels: the Couinaud map or 0/1) or
+    ``randomised`` (labels read by name, see :func:`.randomised.label_plan`; the slice count
+    varies per scan up to ``shape[2]``).
+
     Files: ``images/{case}.nii.gz`` (int16 HU), ``labels/{case}.nii.gz`` (uint8, the primary
     annotation = rater0's) and, with several annotators, ``labels/{case}_rater{r}.nii.gz``.
     With one annotator the label is the exact simulated truth; with several, every rater
     (rater0 included) is the truth warped by their own smooth boundary displacement.
     """
-    mode = _label_mode(labels)
+    randomised = cfg.style == "randomised"
+    plan = label_plan(labels) if randomised else None
+    mode = "plan" if randomised else _label_mode(labels)
     raw_dir = Path(raw_dir)
     shape = _check_shape(cfg.shape)
     multi = followup_subjects(cfg.seed, cfg.n_subjects, cfg.multi_scan_fraction)
@@ -102,10 +133,13 @@ def generate_dataset(
     for subject in range(cfg.n_subjects):
         for scan_index in range(2 if subject in multi else 1):
             case_id = f"liver_{subject:03d}_s{scan_index}"
-            vol = generate_case(
-                cfg.seed, subject, scan_index, shape, cfg.noise_hu, cfg.lesion_probability
-            )
-            truth = vol.label if mode == "couinaud" else (vol.label > 0).astype(np.uint8)
+            if plan is not None:
+                vol = generate_randomised_case(cfg, subject, scan_index, plan)
+            else:
+                vol = generate_case(
+                    cfg.seed, subject, scan_index, shape, cfg.noise_hu, cfg.lesion_probability
+                )
+            truth = vol.label if mode != "liver" else (vol.label > 0).astype(np.uint8)
             image_path = raw_dir / "images" / f"{case_id}.nii.gz"
             label_path = raw_dir / "labels" / f"{case_id}.nii.gz"
             save_nifti(image_path, vol.image, vol.affine)
