@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from reproseg.config import Config
-from reproseg.io import read_json, write_json, write_text
+from reproseg.io import read_json, sha256_json, write_json, write_text
 from reproseg.logs import get_logger
 
 log = get_logger("dome")
@@ -184,8 +184,9 @@ def build_dome_record(
     liver = summary[(summary["class_name"] == "liver") & (summary["metric"] == "dice")]
     perf = "; ".join(
         f"{r.method}: Dice {_fmt(r.pooled_mean)} ± {_fmt(r.pooled_std)} "
-        f"(95 % CI {_fmt(r.ci_low)}-{_fmt(r.ci_high)}; fold std {_fmt(r.std_over_folds)}, "
-        f"seed std {_fmt(r.std_over_seeds)})"
+        f"(95 % CI {_fmt(getattr(r, 'ci_low', None))}-{_fmt(getattr(r, 'ci_high', None))}; "
+        f"fold std {_fmt(getattr(r, 'std_over_folds', None))}, "
+        f"seed std {_fmt(getattr(r, 'std_over_seeds', None))})"
         for r in liver.itertuples()
         if {"pooled_mean", "pooled_std"} <= set(liver.columns)
     )
@@ -285,14 +286,16 @@ def build_dome_record(
                 + ", ".join(f"{k}={v}" for k, v in sorted(cfg.labels.items())),
                 [src["config"]],
             ),
+            # No number here: timings differ between identical runs, so they stay in their
+            # own files (emissions.json, benchmarks/) and this record stays byte-stable.
             "execution_time": _field(
                 (
-                    f"One training job took {float(duration):.0f} s"
+                    "Wall time and energy of each training job are recorded in its emissions.json"
                     if duration is not None
                     else "Training time not recorded"
                 )
-                + f" on {facts['cpu'] or 'the recorded hardware'} (GPU: {facts['gpu']})"
-                f" (torch {torch_v}); per-rule times in the benchmarks/ logs.",
+                + f"; hardware {facts['cpu'] or 'as recorded'} (GPU: {facts['gpu']}), "
+                f"torch {torch_v}; per-rule times in results/benchmarks/.",
                 [paths.get("emissions") or src["env"], src["env"]],
             ),
             "availability_of_software": _field(
@@ -340,144 +343,302 @@ def build_dome_record(
     return record
 
 
+#: Answers a checklist item can have; ``needs a human`` when the run holds no evidence a
+#: program can judge (the item's ``detail`` says what to check).
+ANSWERS = ("yes", "partial", "no", "n/a", "needs a human")
+
+
+def _splits_integrity(splits: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Problems that make splits.json untrustworthy: a hash that does not match its content,
+    or a split made from a different manifest than the run's."""
+    problems = []
+    body = {k: v for k, v in splits.items() if k != "sha256"}
+    if not splits.get("sha256"):
+        problems.append("splits.json has no sha256")
+    elif splits["sha256"] != sha256_json(body):
+        problems.append("splits.json sha256 does not match its content (edited after the split)")
+    if splits.get("manifest_sha256") != manifest.get("manifest_sha256"):
+        problems.append(
+            f"splits made from manifest {str(splits.get('manifest_sha256'))[:12]}, the run's manifest "
+            f"is {str(manifest.get('manifest_sha256'))[:12]}"
+        )
+    return problems
+
+
+def _finite(series: pd.Series) -> bool:
+    return bool(pd.to_numeric(series, errors="coerce").notna().any())
+
+
 def build_checklist(
     cfg: Config,
     dome: dict[str, Any],
     splits: dict[str, Any],
     paths: dict[str, str],
-    qc_excluded: int | None,
+    qc: dict[str, Any] | None,
+    manifest: dict[str, Any],
+    summary: pd.DataFrame,
+    environment: dict[str, Any],
+    emissions: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
-    """The ML reproducibility checklist (Pineau et al. 2021), answered from the run."""
-    n_jobs = len(cfg.train.models) * len(splits["folds"]) * len(cfg.train.seeds)
-    items = [
+    """The ML reproducibility checklist (Pineau et al. 2021), each answer derived from evidence.
+
+    Every answer is computed from a file of the run (its path is the item's ``evidence``):
+    ``yes`` only when the file holds what the item asks, ``no`` (with the reason) when it is
+    missing or contradicts the item, ``needs a human`` where no file can say (whether data
+    is public, whether a formal analysis was made). Nothing is answered by default.
+    """
+    items: list[tuple[str, str, str, str, str]] = []  # id, item, answer, detail, evidence
+
+    def add(item_id: str, text: str, answer: str, detail: str, evidence: str) -> None:
+        if answer not in ANSWERS:
+            raise ValueError(f"checklist {item_id}: answer {answer!r} not in {ANSWERS}")
+        items.append((item_id, text, answer, detail, evidence))
+
+    config_ok = Path(paths["config"]).is_file()
+    add(
+        "models.description",
+        "Clear description of the mathematical setting, algorithm and model",
+        "yes" if config_ok and cfg.train.models else "no",
+        dome["optimization"]["algorithm"]["value"]
+        if config_ok
+        else f"The resolved config {paths['config']} is missing: the model is not described.",
+        paths["config"],
+    )
+
+    facts = environment_facts(environment)
+    n_params = find_key(environment, "n_parameters", "num_parameters")
+    duration = (emissions or {}).get("duration_s")
+    recorded = [
+        *([f"{n_params} trainable parameters"] if n_params else []),
+        *(["per-job time and energy (emissions.json)"] if duration is not None else []),
+    ]
+    add(
+        "models.complexity",
+        "Analysis of the complexity (time, space, sample size) of the algorithm",
+        "needs a human" if recorded else "no",
         (
-            "models.description",
-            "Clear description of the mathematical setting, algorithm and model",
-            "yes",
-            dome["optimization"]["algorithm"]["value"],
-            paths["config"],
-            False,
+            "Recorded: " + ", ".join(recorded) + ". Whether a formal analysis exists is for "
+            "a person to say."
+            if recorded
+            else "Neither the parameter count nor the training cost was recorded."
         ),
+        paths.get("emissions") or paths["environment"],
+    )
+
+    code_problems = []
+    if not facts["git_commit"]:
+        code_problems.append("no git commit recorded")
+    elif facts["git_dirty"] is not False:
+        code_problems.append(
+            "the working tree had uncommitted changes"
+            if facts["git_dirty"]
+            else "unknown whether the working tree was clean"
+        )
+    if not isinstance(environment.get("packages"), dict) or not environment["packages"]:
+        code_problems.append("no package versions recorded")
+    add(
+        "models.code",
+        "Link to downloadable source code, with specification of all dependencies",
+        "no" if code_problems else "yes",
         (
-            "models.complexity",
-            "Analysis of the complexity (time, space, sample size) of the algorithm",
-            "partial",
-            "Parameter count and per-job time and energy are recorded; no formal analysis.",
-            paths.get("emissions") or paths["environment"],
-            True,
+            "Not reproducible from the record: " + "; ".join(code_problems) + "."
+            if code_problems
+            else f"Source at git commit {facts['git_commit']} (clean working tree); "
+            f"{len(environment['packages'])} exact package versions in environment.json."
         ),
-        (
-            "models.code",
-            "Link to downloadable source code, with specification of all dependencies",
-            "yes",
-            "Source at the recorded git commit; exact package versions in environment.json and requirements.lock.",
-            paths["environment"],
-            False,
-        ),
-        (
-            "data.statistics",
-            "Relevant statistics, such as number of examples",
-            "yes",
-            dome["data"]["provenance"]["value"],
-            paths["manifest"],
-            False,
-        ),
-        (
-            "data.splits",
-            "Details of train / validation / test splits",
-            "yes",
-            dome["data"]["dataset_splits"]["value"],
-            paths["splits"],
-            False,
-        ),
-        (
+        paths["environment"],
+    )
+
+    rows = manifest.get("rows", [])
+    add(
+        "data.statistics",
+        "Relevant statistics, such as number of examples",
+        "yes" if rows and manifest.get("manifest_sha256") else "no",
+        dome["data"]["provenance"]["value"] if rows else "The manifest lists no case.",
+        paths["manifest"],
+    )
+
+    redundancy, clean = _redundancy(splits, manifest)
+    split_problems = _splits_integrity(splits, manifest) + ([] if clean else [redundancy])
+    add(
+        "data.splits",
+        "Details of train / validation / test splits",
+        "no" if split_problems else "yes",
+        "; ".join(split_problems) if split_problems else dome["data"]["dataset_splits"]["value"],
+        paths["splits"],
+    )
+
+    if isinstance(qc, dict):
+        excluded = list(qc.get("excluded", []))
+        add(
             "data.excluded",
             "Explanation of any data that were excluded, and all pre-processing steps",
             "yes",
-            f"{qc_excluded if qc_excluded is not None else 'see QC'} case(s) excluded by input QC; preprocessing: "
+            f"{len(excluded)} case(s) excluded by input QC"
+            + (f" ({', '.join(map(str, excluded))}; reasons in qc.json)" if excluded else "")
+            + "; preprocessing: "
             + dome["optimization"]["data_encoding"]["value"],
-            paths.get("qc", paths["manifest"]),
-            False,
-        ),
-        (
-            "data.download",
-            "Link to a downloadable version of the dataset or simulation environment",
-            "yes" if cfg.source.kind == "synthetic" else "partial",
-            "Source URIs per case in the manifest"
-            + (
-                "; the synthetic generator and seed regenerate it."
-                if cfg.source.kind == "synthetic"
-                else "."
-            ),
+            paths["qc"],
+        )
+    else:
+        add(
+            "data.excluded",
+            "Explanation of any data that were excluded, and all pre-processing steps",
+            "no",
+            "No QC record was given: exclusions cannot be shown.",
             paths["manifest"],
-            cfg.source.kind != "synthetic",
-        ),
-        (
-            "data.collection",
-            "For new data collected, a complete description of the data collection process",
-            "n/a" if cfg.source.kind == "synthetic" else "no",
-            "Synthetic data: the generator is the collection process."
-            if cfg.source.kind == "synthetic"
-            else "Describe acquisition and annotation protocol.",
-            paths["config"],
-            cfg.source.kind != "synthetic",
-        ),
-        (
-            "results.hyperparameters",
-            "Range of hyper-parameters considered, method to select the best configuration",
-            "partial",
-            "Hyperparameters fixed in the config, no search; checkpoint selected on validation Dice.",
-            paths["config"],
-            True,
-        ),
-        (
-            "results.runs",
-            "Exact number of training and evaluation runs",
+        )
+
+    synthetic = cfg.source.kind == "synthetic"
+    missing_uri = [
+        str(r.get("case_id")) for r in rows if not str(r.get("source_uri") or "").strip()
+    ]
+    if synthetic:
+        download = (
             "yes",
             (
-                f"{n_jobs} training jobs ({len(cfg.train.models)} model(s) x {len(splits['folds'])} "
-                f"folds x {len(cfg.train.seeds)} seeds), each evaluated on its validation fold and "
-                "the test set."
+                f"Regenerated bit-identically by the synthetic generator with seed "
+                f"{cfg.source.synthetic.seed} (config)."
             ),
-            paths["summary"],
-            False,
+        )
+    elif missing_uri:
+        download = ("no", f"{len(missing_uri)} case(s) without a source URI: {missing_uri[:5]}.")
+    else:
+        download = (
+            "needs a human",
+            (
+                "Every case has a source URI in the manifest; whether it can be downloaded by others "
+                "is for a person to confirm."
+            ),
+        )
+    add(
+        "data.download",
+        "Link to a downloadable version of the dataset or simulation environment",
+        *download,
+        paths["config"] if synthetic else paths["manifest"],
+    )
+    add(
+        "data.collection",
+        "For new data collected, a complete description of the data collection process",
+        "n/a" if synthetic else "needs a human",
+        "Synthetic data: the generator is the collection process."
+        if synthetic
+        else "Acquisition and annotation protocol: not in any file of the run; describe it.",
+        paths["config"],
+    )
+    add(
+        "results.hyperparameters",
+        "Range of hyper-parameters considered, method to select the best configuration",
+        "needs a human",
+        "This run searched no hyperparameter (fixed in the config) and selected checkpoints on "
+        "validation Dice only; whether the values were tuned over earlier runs is not recorded.",
+        paths["config"],
+    )
+
+    k, n_seeds = len(splits["folds"]), len(cfg.train.seeds)
+    n_jobs = len(cfg.train.models) * k * n_seeds
+    if {"n_folds", "n_seeds"} <= set(summary.columns):
+        covered = {
+            name: (
+                int(pd.to_numeric(sub["n_folds"]).max()),
+                int(pd.to_numeric(sub["n_seeds"]).max()),
+            )
+            for name in cfg.train.models
+            if not (sub := summary[summary["method"].astype(str) == name]).empty
+        }
+        short = {n: c for n, c in covered.items() if c != (k, n_seeds)} | {
+            n: (0, 0) for n in cfg.train.models if n not in covered
+        }
+        runs = (
+            (
+                "no",
+                (
+                    f"The summary does not cover every job: (folds, seeds) per model {short}, "
+                    f"expected ({k}, {n_seeds})."
+                ),
+            )
+            if short
+            else (
+                "yes",
+                (
+                    f"{n_jobs} training jobs ({len(cfg.train.models)} model(s) x {k} folds x "
+                    f"{n_seeds} seeds), each evaluated on its validation fold and the test set; "
+                    "all are in the summary."
+                ),
+            )
+        )
+    else:
+        runs = ("no", "The summary has no n_folds / n_seeds columns: the run count is not shown.")
+    add("results.runs", "Exact number of training and evaluation runs", *runs, paths["summary"])
+
+    metrics = sorted(summary["metric"].astype(str).unique())
+    add(
+        "results.measures",
+        "Clear definition of the specific measure or statistics used to report results",
+        "yes" if metrics else "no",
+        dome["evaluation"]["performance_measures"]["value"]
+        if metrics
+        else "No metric in the summary.",
+        paths["summary"],
+    )
+
+    spread = {
+        "std over folds": "std_over_folds",
+        "std over seeds": "std_over_seeds",
+        "confidence interval": "ci_low",
+    }
+    have = [n for n, col in spread.items() if col in summary.columns and _finite(summary[col])]
+    add(
+        "results.spread",
+        "Results with central tendency (e.g. mean) and variation (e.g. error bars)",
+        "yes" if len(have) == len(spread) else "partial" if have else "no",
+        (f"In the summary: {', '.join(have)}" if have else "No variation in the summary")
+        + (
+            f"; missing: {', '.join(n for n in spread if n not in have)}."
+            if len(have) < len(spread)
+            else "."
         ),
-        (
-            "results.measures",
-            "Clear definition of the specific measure or statistics used to report results",
-            "yes",
-            dome["evaluation"]["performance_measures"]["value"],
-            paths["summary"],
-            False,
-        ),
-        (
-            "results.spread",
-            "Results with central tendency (e.g. mean) and variation (e.g. error bars)",
-            "yes",
-            dome["evaluation"]["confidence"]["value"],
-            paths["summary"],
-            False,
-        ),
-        (
-            "results.runtime",
-            "Average runtime for each result, or estimated energy cost",
-            "yes" if paths.get("emissions") else "partial",
-            dome["model"]["execution_time"]["value"],
-            paths.get("emissions") or paths["environment"],
-            False,
-        ),
-        (
-            "results.infrastructure",
-            "Description of the computing infrastructure used",
-            "yes",
-            "Hardware, OS, threads and package versions captured per training job.",
-            paths["environment"],
-            False,
-        ),
-    ]
+        paths["summary"],
+    )
+
+    if isinstance(duration, (int, float)):
+        how = "measured" if (emissions or {}).get("measured") else "estimated from load and TDP"
+        runtime = ("yes", f"Wall time and energy ({how}) of each training job in emissions.json.")
+    else:
+        runtime = ("no", "No emissions.json with a duration: runtime and energy are not recorded.")
+    add(
+        "results.runtime",
+        "Average runtime for each result, or estimated energy cost",
+        *runtime,
+        paths.get("emissions") or paths["environment"],
+    )
+
+    infra = {
+        "CPU": facts["cpu"],
+        "platform": facts["platform"],
+        "torch": facts["torch"],
+        "python": facts["python"],
+    }
+    absent = [name for name, v in infra.items() if not v]
+    add(
+        "results.infrastructure",
+        "Description of the computing infrastructure used",
+        "yes" if not absent else "partial" if len(absent) < len(infra) else "no",
+        f"CPU {facts['cpu']}, GPU {facts['gpu']}, {facts['platform']}, python {facts['python']}, "
+        f"torch {facts['torch']}"
+        + (f"; not recorded: {', '.join(absent)}." if absent else "; per training job."),
+        paths["environment"],
+    )
     return [
-        {"id": i, "item": item, "answer": a, "detail": d, "evidence": str(e), "needs_human": h}
-        for i, item, a, d, e, h in items
+        {
+            "id": i,
+            "item": item,
+            "answer": a,
+            "detail": d,
+            "evidence": str(e),
+            "needs_human": a in ("needs a human", "partial"),
+        }
+        for i, item, a, d, e in items
     ]
 
 
@@ -561,7 +722,15 @@ def build_dome(
         "manifest_sha256": manifest.get("manifest_sha256"),
         "dome": dome,
         "checklist": build_checklist(
-            cfg, dome, splits, paths, len(qc.get("excluded", [])) if isinstance(qc, dict) else None
+            cfg,
+            dome,
+            splits,
+            paths,
+            qc if isinstance(qc, dict) else None,
+            manifest,
+            summary,
+            environment,
+            emissions,
         ),
         "needs_human": [
             f"{s}.{f}" for s, fields in dome.items() for f, v in fields.items() if v["needs_human"]
