@@ -37,6 +37,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _range(lo: float, hi: float, what: str) -> Any:
+    """A ``[low, high]`` range of the randomised generator (drawn uniformly per scan)."""
+    return Field([lo, hi], min_length=2, max_length=2, description=what)
+
+
+class RandomisedSynthetic(_Strict):
+    """Ranges of the domain-randomised generator (``style: randomised``); each value of a
+    scan is drawn uniformly from its ``[low, high]`` range (equal ends fix it)."""
+
+    phases: list[Literal["native", "arterial", "portal_venous"]] = Field(
+        ["native", "arterial", "portal_venous"],
+        min_length=1,
+        description="Contrast phases to draw from (organ HU ranges per phase are built in).",
+    )
+    fov_mm: list[float] = _range(300.0, 480.0, "In-plane field of view (mm); spacing = fov/size.")
+    slice_thickness_mm: list[float] = _range(1.0, 5.0, "Slice thickness = slice spacing (mm).")
+    z_coverage_mm: list[float] = _range(160.0, 420.0, "Craniocaudal coverage (mm).")
+    z_offset_mm: list[float] = _range(
+        -60.0, 90.0, "Scan centre above the liver centre (mm): >0 adds chest, <0 cuts the dome."
+    )
+    patient_scale: list[float] = _range(0.85, 1.2, "Size of the patient (1 = adult template).")
+    extra_fat_mm: list[float] = _range(0.0, 30.0, "Subcutaneous fat added to the template (mm).")
+    liver_deform_mm: list[float] = _range(2.0, 12.0, "Amplitude of smooth liver deformations.")
+    left_lobe_scale: list[float] = _range(0.6, 1.35, "Extent of the left liver lobe (x template).")
+    dome_scale: list[float] = _range(0.8, 1.2, "Height of the liver dome (x template).")
+    riedel_probability: float = Field(0.2, ge=0, le=1, description="Chance of a Riedel lobe.")
+    hu_shift: list[float] = _range(-15.0, 15.0, "Calibration offset added to all tissues (HU).")
+    noise_hu: list[float] = _range(6.0, 30.0, "Noise standard deviation in the body centre (HU).")
+    noise_grain_mm: list[float] = _range(1.5, 5.0, "Wavelength at the noise power peak (mm).")
+    psf_mm: list[float] = _range(0.4, 1.2, "In-plane blur (Gaussian sigma, mm).")
+    streak_hu: list[float] = _range(0.0, 60.0, "Peak amplitude of streak artefacts (HU).")
+    beam_hardening_hu: list[float] = _range(0.0, 40.0, "Cupping / dark bands from bone (HU).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomisedSynthetic:
+        for name, value in self:
+            if isinstance(value, list) and value and isinstance(value[0], float):
+                if value[0] > value[1]:
+                    raise ValueError(f"source.synthetic.randomised.{name}: low > high {value}")
+        return self
+
+
 class SyntheticSource(_Strict):
     """Settings of the embedded synthetic CT liver generator."""
 
@@ -58,6 +100,11 @@ class SyntheticSource(_Strict):
     )
     lesion_probability: float = Field(0.3, ge=0, le=1, description="Chance a scan has lesions.")
     noise_hu: float = Field(12.0, ge=0, description="Standard deviation of the image noise (HU).")
+    style: Literal["phantom", "randomised"] = Field(
+        "phantom",
+        description="phantom: the fixed-recipe default; randomised: domain randomisation.",
+    )
+    randomised: RandomisedSynthetic = Field(default_factory=RandomisedSynthetic)
 
 
 class LocalSource(_Strict):
