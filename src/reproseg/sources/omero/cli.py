@@ -15,8 +15,8 @@ __all__ = ["cli"]
 log = get_logger("sources.omero")
 
 
-def cli(argv: list[str]) -> int:
-    """``reproseg omero {pull,push,upload-predictions}``: OMERO utilities."""
+def _parser() -> argparse.ArgumentParser:
+    """The ``reproseg omero`` argument parser: one subcommand per operation."""
     parser = argparse.ArgumentParser(prog="reproseg omero", description=cli.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,7 +63,12 @@ def cli(argv: list[str]) -> int:
     up.add_argument("--run-id", required=True, help="run ID that produced the model (MLflow)")
     up.add_argument("--workdir", default=".")
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cli(argv: list[str]) -> int:
+    """``reproseg omero {pull,push,upload-predictions}``: OMERO utilities."""
+    args = _parser().parse_args(argv)
     from reproseg.config import load_config_files
     from reproseg.logs import setup_logging
 

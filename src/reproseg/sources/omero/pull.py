@@ -371,6 +371,42 @@ def _verified_sidecar(
     return CaseRecord(**side["record"])
 
 
+def _label_volumes(
+    plan: _Plan,
+    cfg: OmeroSource,
+    labels: dict[int, str],
+    size: tuple[int, ...],
+    default_annotator: str,
+    raw_dir: Path,
+    files: dict[str, str],
+) -> dict[str, np.ndarray]:
+    """Label volume per annotator, each checked against the label map.
+
+    Label files are downloaded (verified) under ``raw_dir/.omero/downloads``; their sha256
+    are added to ``files``.
+    """
+    iid = plan.iid
+    if cfg.label_source != "file":
+        decoded = rois_to_labels(plan.rois, cfg.label_source, size, labels, default_annotator, iid)  # type: ignore[arg-type]
+        return {k: check_label_values(v, labels, f"Image:{iid}") for k, v in decoded.items()}
+    rater_volumes: dict[str, np.ndarray] = {}
+    for ann in plan.label_anns:
+        name = ann.getFile().getName()
+        awhere = f"Image:{iid} FileAnnotation:{ann.getId()} ({name})"
+        dest = raw_dir / ".omero" / "downloads" / f"{ann.getId()}_{safe_name(name)}"
+        files[str(dest)] = download_annotation(ann, dest, awhere)
+        data = decode_label_file(dest, name, size, awhere)  # type: ignore[arg-type]
+        rater = annotator_of(ann.getDescription())
+        if rater is None:
+            rater = (
+                default_annotator if len(plan.label_anns) == 1 else safe_name(name.split(".")[0])
+            )
+        if rater in rater_volumes:
+            raise ValueError(f"{awhere}: a second label file for annotator {rater!r}")
+        rater_volumes[rater] = check_label_values(data, labels, awhere)
+    return rater_volumes
+
+
 def _fetch_image(
     conn: Gateway, iid: int, cfg: OmeroSource, labels: dict[int, str], raw_dir: Path, host: str
 ) -> tuple[CaseRecord, bool]:
@@ -402,31 +438,9 @@ def _fetch_image(
     affine = affine_for(spacing, stored_affine, iid)
     size = tuple(int(s) for s in volume.shape)
 
-    # Labels per annotator, each checked against the label map.
     where = f"Image:{iid}"
-    rater_volumes: dict[str, np.ndarray] = {}
     files: dict[str, str] = {}
-    if cfg.label_source == "file":
-        for ann in plan.label_anns:
-            name = ann.getFile().getName()
-            awhere = f"Image:{iid} FileAnnotation:{ann.getId()} ({name})"
-            dest = raw_dir / ".omero" / "downloads" / f"{ann.getId()}_{safe_name(name)}"
-            files[str(dest)] = download_annotation(ann, dest, awhere)
-            data = decode_label_file(dest, name, size, awhere)
-            rater = annotator_of(ann.getDescription())
-            if rater is None:
-                rater = (
-                    default_annotator
-                    if len(plan.label_anns) == 1
-                    else safe_name(name.split(".")[0])
-                )
-            if rater in rater_volumes:
-                raise ValueError(f"{awhere}: a second label file for annotator {rater!r}")
-            rater_volumes[rater] = check_label_values(data, labels, awhere)
-    else:
-        decoded = rois_to_labels(plan.rois, cfg.label_source, size, labels, default_annotator, iid)  # type: ignore[arg-type]
-        rater_volumes = {k: check_label_values(v, labels, where) for k, v in decoded.items()}
-
+    rater_volumes = _label_volumes(plan, cfg, labels, size, default_annotator, raw_dir, files)
     primary = default_annotator if default_annotator in rater_volumes else min(rater_volumes)
     image_path = raw_dir / "images" / f"{case_id}.nii.gz"
     label_path = raw_dir / "labels" / f"{case_id}.nii.gz"
