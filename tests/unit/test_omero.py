@@ -203,6 +203,17 @@ def _mask(plane_yx: np.ndarray, z: int | None, text: str) -> fake.MaskI:
     return m
 
 
+def _mask_roi(label: np.ndarray, value: int, name: str, rater: str = "r1") -> fake.RoiI:
+    """One ROI of ``rater``: a Mask per z-plane where ``label == value``."""
+    roi = fake.RoiI()
+    roi.setDescription(fake.rstring(f"annotator={rater}"))
+    for z in range(label.shape[2]):
+        plane = label[:, :, z].T == value
+        if plane.any():
+            roi.addShape(_mask(plane, z, name))
+    return roi
+
+
 def test_mask_rois_by_label_name_and_annotator(server: fake.FakeServer, tmp_path: Path) -> None:
     iid = server.add_image("m", volume(3), spacing=(1, 1, 1))
     server.add_map_annotation(iid, {"subject": "s9", "annotator": "r1"})
@@ -210,13 +221,7 @@ def test_mask_rois_by_label_name_and_annotator(server: fake.FakeServer, tmp_path
     for rater, shift in (("r1", 0), ("r2", 1)):
         expected = np.roll(lab, shift, axis=0)
         for value, name in ((1, "left"), (2, "2")):  # by name and by value
-            roi = fake.RoiI()
-            roi.setDescription(fake.rstring(f"annotator={rater}"))
-            for z in range(lab.shape[2]):
-                plane = expected[:, :, z].T == value
-                if plane.any():
-                    roi.addShape(_mask(plane, z, name))
-            server.add_roi(iid, roi)
+            server.add_roi(iid, _mask_roi(expected, value, name, rater))
     (rec,) = om.fetch(ocfg(image_ids=[iid], label_source="mask"), LABELS, tmp_path)
     assert rec.annotator == "r1" and set(rec.rater_labels) == {"r1", "r2"}
     np.testing.assert_array_equal(load_nifti(rec.label)[0], lab)
@@ -636,16 +641,6 @@ def test_package_modules_form_no_cycle_and_share_no_private_names() -> None:
 def _two_groups(server: fake.FakeServer) -> tuple[int, int]:
     """alice in her default group and in a second lab group; returns (default, lab)."""
     return server.default_group, server.add_group("lab-b", ["alice"])
-
-
-def _mask_roi(label: np.ndarray, value: int, name: str, rater: str = "r1") -> fake.RoiI:
-    roi = fake.RoiI()
-    roi.setDescription(fake.rstring(f"annotator={rater}"))
-    for z in range(label.shape[2]):
-        plane = label[:, :, z].T == value
-        if plane.any():
-            roi.addShape(_mask(plane, z, name))
-    return roi
 
 
 def test_fake_refuses_saves_under_all_groups_and_hides_other_groups(
