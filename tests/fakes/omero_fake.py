@@ -358,6 +358,8 @@ class FakeServer:
             ("createRawPixelsStore", "setPixelsId", "getPlane", "getTile", "close"), 0
         )
         self.latency_s = 0.0
+        #: ``omero.group`` of the context each stateful service (pixel or file store) opened in.
+        self.store_groups: list[str | None] = []
         #: omero.pixeldata.max_plane_width/height (OMERO's default 3192).
         self.max_plane_size = (3192, 3192)
         self.fail_plane_calls: set[int] = set()
@@ -588,7 +590,9 @@ class OriginalFileWrapper(_Wrapper):
         return RType("SHA1-160")
 
     def getFileInChunks(self, buf: int = 2621440) -> Any:
+        # omero-py: a RawFileStore opened with setFileId(id, conn.SERVICE_OPTS).
         self._conn._check()
+        self._conn._server.store_groups.append(self._conn.SERVICE_OPTS.getOmeroGroup())
         data = self._f.data
         if self._f.id in self._conn._server.truncate_files:
             data = data[: len(data) // 2]
@@ -686,6 +690,7 @@ class _RawPixelsStore:
         server = self._conn._server
         assert server is not None
         server._call("setPixelsId")
+        server.store_groups.append(_ctx_group(ctx))
         image = server.images.get(int(pid))
         if image is None or image.group not in self._conn._read_groups(_ctx_group(ctx)):
             raise SecurityViolation(f"Pixels:{pid} not readable in this context")

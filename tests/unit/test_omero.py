@@ -743,6 +743,12 @@ def test_roi_labels_of_an_image_outside_the_default_group(
         server.add_roi(iid, _mask_roi(label_volume(), value, name))
     (rec,) = om.fetch(ocfg(image_ids=[iid], label_source="mask"), LABELS, tmp_path)
     np.testing.assert_array_equal(load_nifti(rec.label)[0], label_volume())
+    # Pixel and file stores (stateful services) open in the image's group, not under -1.
+    other = add_case(server, "f", 2, dataset=server.add_dataset("d", group=lab))
+    server.store_groups.clear()
+    (rec,) = om.fetch(ocfg(image_ids=[other]), LABELS, tmp_path / "f")
+    np.testing.assert_array_equal(load_nifti(rec.label)[0], label_volume())
+    assert server.store_groups == [str(lab), str(lab)]
 
 
 # ----------------------------------------------------------------------------- reading speed

@@ -425,22 +425,22 @@ def _fetch_image(
         subject = case_id
     default_annotator = safe_name(pop_key(pairs, ANNOTATOR_KEYS) or "rater0")
 
-    # The RawPixelsStore is a stateful service: open it in the image's own group (as omero-py
-    # does for its rendering engines) rather than in the all-groups read context.
-    gid = group_id_of(image)
-    with group_context(conn, gid, f"Image:{iid}") if gid is not None else nullcontext():
-        volume = read_volume(image)
     spacing, from_server = physical_spacing(image, cfg.spacing)
     if not from_server:
         log.warning(
             "Image:%d: no PhysicalSizes; using source.omero.spacing %s mm", iid, list(spacing)
         )
     affine = affine_for(spacing, stored_affine, iid)
-    size = tuple(int(s) for s in volume.shape)
-
     where = f"Image:{iid}"
     files: dict[str, str] = {}
-    rater_volumes = _label_volumes(plan, cfg, labels, size, default_annotator, raw_dir, files)
+    # Pixels and label files come through stateful services (RawPixelsStore, RawFileStore),
+    # opened with SERVICE_OPTS: use the image's own group, as omero-py does for its rendering
+    # engines, rather than the all-groups read context.
+    gid = group_id_of(image)
+    with group_context(conn, gid, where) if gid is not None else nullcontext():
+        volume = read_volume(image)
+        size = tuple(int(s) for s in volume.shape)
+        rater_volumes = _label_volumes(plan, cfg, labels, size, default_annotator, raw_dir, files)
     primary = default_annotator if default_annotator in rater_volumes else min(rater_volumes)
     image_path = raw_dir / "images" / f"{case_id}.nii.gz"
     label_path = raw_dir / "labels" / f"{case_id}.nii.gz"
