@@ -9,6 +9,11 @@ messages from the server).
 Robustness: one short-lived connection per job (:class:`Session`, always closed) and bounded
 retries with a *fresh* connection when the connection drops.
 
+Groups: without a configured group, reads span all of the user's groups
+(``omero.group=-1``); OMERO refuses saves in that context, so every write runs inside
+:func:`group_context` with the target's group, and raw service calls carry
+:func:`service_context` of the object's group.
+
 omero-py (and its zeroc-ice dependency) is imported lazily: it only installs from
 conda-forge (``envs/omero.yaml``), and everything else in ReproSeg works without it. All
 server access goes through a ``connect`` factory, so tests run against the in-memory fake
@@ -224,7 +229,7 @@ def blitz_connect(creds: Credentials) -> Gateway:
     With a session key the existing session is joined (and later only detached, never
     killed); otherwise user and password log in. Without a configured group, reads are
     allowed across all the user's groups (``omero.group = -1``), so Image IDs from any
-    group resolve.
+    group resolve; every write then switches to its target's group (:func:`group_context`).
     """
     try:
         from omero.gateway import BlitzGateway  # type: ignore[import-not-found]
