@@ -57,7 +57,7 @@ class RandomisedSynthetic(_Strict):
     z_offset_mm: list[float] = _range(
         -60.0, 90.0, "Scan centre above the liver centre (mm): >0 adds chest, <0 cuts the dome."
     )
-    patient_scale: list[float] = _range(0.85, 1.2, "Size of the patient (1 = adult template).")
+    patient_scale: list[float] = _range(0.8, 1.1, "Size of the patient (1 = adult template).")
     extra_fat_mm: list[float] = _range(0.0, 30.0, "Subcutaneous fat added to the template (mm).")
     liver_deform_mm: list[float] = _range(2.0, 12.0, "Amplitude of smooth liver deformations.")
     left_lobe_scale: list[float] = _range(0.6, 1.35, "Extent of the left liver lobe (x template).")
