@@ -52,6 +52,9 @@ __all__ = [
     "PREDICTIONS",
     "PREDICT_IMAGE",
     "PREPROCESSING",
+    "PREPROCESS_CACHE",
+    "PREPROCESS_CHUNK",
+    "PREPROCESS_INDEX",
     "QC_INPUTS",
     "QC_JSON",
     "QC_MD",
@@ -93,6 +96,14 @@ DOME_MD = "results/metadata/dome.md"
 
 # --- split (reproseg.splits) --------------------------------------------------------------
 SPLITS = "results/splits/splits.json"
+
+# --- preprocess (reproseg.preprocess): the working grid, cached on disk ---------------------
+#: Memory-mapped preprocessed cases, one folder per case key (checksums + parameters); not a
+#: declared output: shared by every fold, seed and rerun, never deleted by a failed job.
+PREPROCESS_CACHE = "results/cache/preprocessed"
+#: One record per chunk of cases; {scatteritem} is Snakemake's "i-of-n" (scattergather).
+PREPROCESS_CHUNK = "results/preprocess/chunks/{scatteritem}.json"
+PREPROCESS_INDEX = "results/preprocess/index.json"
 
 # --- train (reproseg.train): one folder per model x fold x seed ----------------------------
 MODEL_DIR = "results/models/{model}/fold{fold}/seed{seed}"

@@ -17,24 +17,13 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from reproseg.config import Config, ModelConfig
+from reproseg.artifacts import ModelFile
+from reproseg.config import Config
 from reproseg.data import load_volume, preprocess_image
 from reproseg.io import save_nifti
 from reproseg.logs import get_logger, setup_logging
-from reproseg.models import build_model
 
 log = get_logger("predict")
-
-#: Keys every model.pt must have (docs/ARCHITECTURE.md).
-MODEL_KEYS = (
-    "state_dict",
-    "model_name",
-    "model_config",
-    "preprocessing",
-    "labels",
-    "epoch",
-    "val_dice",
-)
 
 #: Sliding-window settings shared by validation during training and inference.
 SW_OVERLAP = 0.25
@@ -62,30 +51,12 @@ def sliding_window_logits(
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load ``model.pt`` (weights_only) -> (model in eval mode, metadata without the weights)."""
-    p = Path(path)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{p}: cannot load model: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"{p}: not a ReproSeg model file")  # noqa: TRY004 (bad input file: ValueError by convention)
-    missing = [k for k in MODEL_KEYS if k not in obj]
-    if missing:
-        raise ValueError(f"{p}: model file lacks {missing}")
-    meta = {k: v for k, v in obj.items() if k != "state_dict"}
-    labels = {int(k): str(v) for k, v in meta["labels"].items()}
-    meta["labels"] = labels
-    out_channels = int(meta.get("out_channels", max(labels) + 1))
-    model = build_model(
-        ModelConfig(**meta["model_config"]), int(meta.get("in_channels", 1)), out_channels
-    )
-    try:
-        model.load_state_dict(obj["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"{p}: weights do not match the model config: {exc}") from exc
-    model.to(device).eval()
-    return model, meta
+    """Load ``model.pt`` -> (network in eval mode, flat metadata without the weights).
+
+    A thin shim over :class:`reproseg.artifacts.ModelFile`, which owns the format.
+    """
+    model_file = ModelFile.load(path)
+    return model_file.load_network(device), model_file.meta()
 
 
 def predict_probabilities(

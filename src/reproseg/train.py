@@ -35,6 +35,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
+from reproseg.artifacts import ModelFile
 from reproseg.config import Config, load_config
 from reproseg.data import compute_preprocessing, load_cases, make_items, make_train_loader
 from reproseg.determinism import (
@@ -434,25 +435,28 @@ def train_model(
                     seed,
                 )
 
-    meta = {
-        "state_dict": best["state_dict"],
-        "model_name": model_name,
-        "model_config": mcfg.model_dump(mode="json"),
-        "preprocessing": pre,
-        "labels": {int(k): v for k, v in cfg.labels.items()},
-        "epoch": best["epoch"],
-        "val_dice": best["val_dice"],
-        "fold": fold,
-        "seed": seed,
-        "in_channels": 1,
-        "out_channels": n_classes,
-        "patch_size": list(tc.patch_size),
-        "sw_batch_size": tc.batch_size,
-        "splits_sha256": splits.get("sha256"),
-        "weights_sha256": state_dict_sha256(best["state_dict"]),
-        "final_weights_sha256": state_dict_sha256(model.state_dict()),
-    }
-    save_torch(outputs.model, meta)
+    model_file = ModelFile(
+        state_dict=best["state_dict"],
+        model_name=model_name,
+        model_config=mcfg.model_dump(mode="json"),
+        preprocessing=pre,
+        labels={int(k): v for k, v in cfg.labels.items()},
+        epoch=best["epoch"],
+        val_dice=best["val_dice"],
+        patch_size=list(tc.patch_size),
+        in_channels=1,
+        out_channels=n_classes,
+        extra={
+            "fold": fold,
+            "seed": seed,
+            "sw_batch_size": tc.batch_size,
+            "splits_sha256": splits.get("sha256"),
+            "weights_sha256": state_dict_sha256(best["state_dict"]),
+            "final_weights_sha256": state_dict_sha256(model.state_dict()),
+        },
+    )
+    model_file.save(outputs.model)
+    meta = model_file.meta()
     write_tsv(
         outputs.history,
         pd.DataFrame(history, columns=["epoch", "loss", "val_dice", "seconds", "lr"]),

@@ -7,6 +7,8 @@ rule train:
     input:
         manifest=layout.MANIFEST,
         splits=layout.SPLITS,
+        # the preprocessed cache (working grid, memory-mapped): training reads patches from it
+        preprocessed=layout.PREPROCESS_INDEX,
     output:
         model=ensure(layout.MODEL, non_empty=True),
         history=layout.HISTORY,
@@ -35,12 +37,15 @@ rule train:
         train=CFG.train.model_dump(exclude={"models", "seeds"}),
         model=lambda wc: CFG.train.models[wc.model].model_dump(),
         labels=CFG.labels,
+        preprocess=CFG.preprocess.model_dump(),
         code=code_hash(
             "reproseg.train",
             "reproseg.data",
             "reproseg.models",
             "reproseg.determinism",
             "reproseg.predict",
+            "reproseg.preprocess",
+            "reproseg.fingerprint",
         ),
     script:
         "../../scripts/train.py"

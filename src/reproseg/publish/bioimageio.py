@@ -40,6 +40,7 @@ import torch
 import yaml
 
 import reproseg
+from reproseg.artifacts import ModelFile
 from reproseg.config import Config, ModelConfig, load_config
 from reproseg.io import (
     atomic_path,
@@ -56,7 +57,6 @@ from reproseg.publish.common import (
     Job,
     check_job_files,
     choose_final_model,
-    load_checkpoint,
 )
 
 log = get_logger("publish.bioimageio")
@@ -76,29 +76,14 @@ CITATIONS = [
 
 
 def architecture_kwargs(cfg: ModelConfig, out_channels: int) -> tuple[str, dict[str, Any]]:
-    """MONAI class name and kwargs that rebuild :func:`reproseg.models.build_model`'s network."""
-    if cfg.arch == "UNet":
-        return "UNet", {
-            "spatial_dims": 3,
-            "in_channels": 1,
-            "out_channels": out_channels,
-            "channels": list(cfg.channels),
-            "strides": list(cfg.strides),
-            "num_res_units": cfg.num_res_units,
-            "dropout": cfg.dropout,
-        }
-    if cfg.arch == "SegResNet":
-        return "SegResNet", {
-            "spatial_dims": 3,
-            "init_filters": cfg.init_filters,
-            "in_channels": 1,
-            "out_channels": out_channels,
-            "dropout_prob": cfg.dropout or None,
-            "blocks_down": list(cfg.blocks_down),
-            "blocks_up": [1] * (len(cfg.blocks_down) - 1),
-            "upsample_mode": "deconv",
-        }
-    raise ValueError(f"bioimageio: no library architecture for {cfg.arch!r}")
+    """MONAI class name and kwargs of the network on ``z, y, x`` inputs (the
+    :mod:`reproseg.models` registry; per-axis kernel sizes are reversed with the axes)."""
+    from reproseg.models import export_architecture
+
+    spec = export_architecture(cfg, 1, out_channels, reverse_axes=True)
+    if spec.import_from != "monai.networks.nets":
+        raise ValueError(f"bioimageio: {cfg.arch} is not a monai.networks.nets class")
+    return spec.callable, spec.kwargs
 
 
 def to_zyx_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -404,7 +389,7 @@ def _write_tif(path: Path, array: np.ndarray) -> None:
 def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
     """Write every file of the package and ``rdf.yaml`` into ``package_dir``; return rdf.yaml."""
     from reproseg.data import preprocess_image
-    from reproseg.models import build_model, count_parameters
+    from reproseg.models import count_parameters
 
     results = Path(workdir).resolve() / "results"
     final = choose_final_model(cfg, results)
@@ -415,18 +400,14 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         if final.kind == "best_fold"
         else max(final.members, key=lambda j: final.scores[j.key])
     )
-    ckpt = load_checkpoint(job.model_dir / "model.pt")
-    model_cfg = ModelConfig.model_validate(ckpt["model_config"])
-    labels = {int(k): str(v) for k, v in ckpt["labels"].items()}
-    if int(ckpt.get("in_channels", 1)) != 1:
+    model_file = ModelFile.load(job.model_dir / "model.pt")
+    ckpt = model_file.meta()
+    model_cfg, labels, n_out = model_file.config, model_file.labels, model_file.out_channels
+    if model_file.in_channels != 1:
         raise ValueError(
             f"{job.model_dir / 'model.pt'}: only single-channel models can be exported"
         )
-    # Same channel rule as reproseg.predict.load_model.
-    n_out = int(ckpt.get("out_channels", max(labels) + 1))
-    net = build_model(model_cfg, in_channels=1, out_channels=n_out)
-    net.load_state_dict(ckpt["state_dict"], strict=True)
-    net.eval()
+    net = model_file.load_network()
     callable_name, kwargs = architecture_kwargs(model_cfg, n_out)
     from monai.networks import nets
 

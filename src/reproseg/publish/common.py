@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from reproseg import layout
+from reproseg.artifacts import ModelFile
 from reproseg.config import Config
 from reproseg.io import read_tsv
 
@@ -79,26 +78,10 @@ def check_job_files(jobs: list[Job]) -> None:
         )
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a ``model.pt`` with ``weights_only=True`` (no code is unpickled), checked."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot load model weights: {exc}") from exc
-    required = {"state_dict", "model_name", "model_config", "preprocessing", "labels"}
-    if not isinstance(obj, dict) or not required <= set(obj):
-        have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
-            f"{path}: not a reproseg model.pt (need keys {sorted(required)}, got {have})"
-        )
-    return obj
-
-
 def validation_dice(job: Job) -> float:
     """The job's model-selection score: ``val_dice`` of model.pt, else the best of history.tsv."""
-    ckpt = torch.load(job.model_dir / "model.pt", map_location="cpu", weights_only=True)
-    value = ckpt.get("val_dice") if isinstance(ckpt, dict) else None
-    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+    value = ModelFile.load(job.model_dir / "model.pt").val_dice
+    if not math.isnan(value):
         return float(value)
     history = read_tsv(job.model_dir / "history.tsv")
     vals = history["val_dice"].dropna() if "val_dice" in history else []

@@ -23,7 +23,7 @@ ensemble), so ``mlflow.pyfunc.load_model(...).predict(volume)`` works out of the
 where ``reproseg`` is installed. Unpickling runs code, so next to it we always log a
 plain weights artifact (state dicts + metadata, readable with
 ``torch.load(weights_only=True)``); :func:`load_published` only ever reads that one
-and rebuilds the network with :func:`reproseg.models.build_model`.
+and rebuilds the network with :class:`reproseg.artifacts.ModelFile`.
 
 Idempotence: runs are found again by their tags (``search_runs``) and model versions
 by their ``pipeline_run_key`` tag, so publishing twice creates nothing new. After
@@ -54,8 +54,9 @@ import torch
 import yaml
 
 import reproseg
-from reproseg.config import Config, ModelConfig, load_config
-from reproseg.io import read_json, read_tsv, sha256_file, sha256_json, write_json
+from reproseg.artifacts import ModelFile
+from reproseg.config import Config, load_config
+from reproseg.io import read_json, read_tsv, save_torch, sha256_file, sha256_json, write_json
 from reproseg.logs import get_logger
 from reproseg.publish.common import (
     OPTIONAL_JOB_FILES,
@@ -63,7 +64,6 @@ from reproseg.publish.common import (
     Job,
     check_job_files,
     choose_final_model,
-    load_checkpoint,
     metric_means,
     training_jobs,
 )
@@ -241,23 +241,9 @@ class PublishedModel:
 
 
 def _rebuild(member: dict[str, Any], source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Network + metadata from one stored model.pt dict, via reproseg.models.build_model."""
-    from reproseg.models import build_model
-
-    try:
-        meta = {k: v for k, v in member.items() if k != "state_dict"}
-        meta["labels"] = {int(k): str(v) for k, v in meta["labels"].items()}
-        # Same channel rule as reproseg.predict.load_model, so both rebuild the same network.
-        n_out = int(meta.get("out_channels", max(meta["labels"]) + 1))
-        model_cfg = ModelConfig.model_validate(meta["model_config"])
-        net = build_model(
-            model_cfg, in_channels=int(meta.get("in_channels", 1)), out_channels=n_out
-        )
-        net.load_state_dict(member["state_dict"], strict=True)
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{source}: cannot rebuild the network from the weights: {exc}") from exc
-    net.eval()
-    return net, meta
+    """Network + metadata from one stored model-file dict (reproseg.artifacts.ModelFile)."""
+    model_file = ModelFile.from_dict(member, source)
+    return model_file.load_network(), model_file.meta()
 
 
 def load_weights_file(path: str | Path, expected_sha256: str | None = None) -> PublishedModel:
@@ -440,10 +426,9 @@ def _write_weights(final: FinalModel, path: Path, run_key: str) -> None:
     """The plain weights artifact: model.pt dicts of the members + what was chosen and why."""
     members = []
     for job in final.members:
-        ckpt = load_checkpoint(job.model_dir / "model.pt")
-        ckpt["job"] = job.key
-        members.append(ckpt)
-    torch.save(
+        members.append({**ModelFile.load(job.model_dir / "model.pt").to_dict(), "job": job.key})
+    save_torch(
+        path,
         {
             "format": WEIGHTS_FORMAT,
             "kind": final.kind,
@@ -452,7 +437,6 @@ def _write_weights(final: FinalModel, path: Path, run_key: str) -> None:
             "pipeline_run_key": run_key,
             "members": members,
         },
-        path,
     )
 
 
@@ -796,7 +780,7 @@ def _publish_job(
         "seed": str(job.seed),
     }
     run_id = client.create_run(exp_id, tags=tags, run_name=job.key.replace("/", "-")).info.run_id
-    ckpt = load_checkpoint(job.model_dir / "model.pt")
+    ckpt = ModelFile.load(job.model_dir / "model.pt").meta()
     params = {
         **config_params,
         "job.model": job.model,
