@@ -86,6 +86,7 @@ TISSUES: tuple[str, ...] = (
     "rib",
     "cartilage",
     "colon_gas",
+    "table",
 )
 T = {name: i for i, name in enumerate(TISSUES)}
 
@@ -121,6 +122,7 @@ PHASE_HU: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float,
     "spinal_canal": ((10, 30), (10, 30), (10, 30)),
     "rib": ((350, 800), (350, 800), (350, 800)),
     "cartilage": ((100, 200), (100, 200), (100, 200)),
+    "table": ((150, 450), (150, 450), (150, 450)),
 }
 #: Tissues that share another's HU draw (left/right organs, gas pockets).
 _SAME_HU = {
@@ -218,6 +220,7 @@ class Patient:
     disc_phase: float
     colon_offset: tuple[float, float]
     oral_contrast: bool
+    table_gap: float  # mm between the back and the CT table; < 0: no table in view
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,7 @@ def sample_patient(rng: np.random.Generator, cfg: RandomisedSynthetic, lesions: 
         disc_phase=float(rng.uniform(0, 2 * math.pi)),
         colon_offset=(float(rng.uniform(-12, 12)), float(rng.uniform(-15, 15))),
         oral_contrast=bool(rng.random() < 0.25),
+        table_gap=float(rng.uniform(0, 25)) if rng.random() < 0.8 else -1.0,
     )
 
 
@@ -463,6 +467,11 @@ def _paint_body(p: Patient, fr: _Frame) -> tuple[np.ndarray, np.ndarray]:
     cls[depth >= 0] = T["fat"]
     cls[depth >= an.fat] = T["muscle"]
     cls[depth >= an.fat + an.muscle] = T["visceral_fat"]
+    if p.table_gap >= 0:  # CT table: two thin curved plates under the patient
+        top = -0.95 * an.body_b - p.table_gap + fr.tx**2 / 4000.0
+        for y0 in (top, top - 45.0):
+            plate = (fr.ty <= y0) & (fr.ty > y0 - 4.0) & (np.abs(fr.tx) < 230.0)
+            cls[np.broadcast_to(plate & (depth < 0), fr.shape)] = T["table"]
     return cls, depth
 
 
@@ -681,6 +690,23 @@ def _paint_vessels_bones(
         sub[(vb <= 15.5) & ~disc] = T["bone_marrow"]
         sub[(vb <= 18.0) & disc] = T["disc"]
     _paint_ribs(p, fr, cls, depth)
+    _paint_pelvis(p, fr, cls)
+
+
+def _paint_pelvis(p: Patient, fr: _Frame, cls: np.ndarray) -> None:
+    """Iliac wings (cortical shells with marrow) and the sacrum, low in the abdomen."""
+    an = p.base
+    lz = float(an.liver_center[2])
+    s = an.spine_y
+    soft = tuple(T[n] for n in TISSUES if n not in ("air", "fat", "table"))
+    for side in (-1.0, 1.0):
+        c, r = (side * 95.0, s + 20.0, lz - 270.0), (22.0, 60.0, 70.0)
+        _paint_ellipsoid(fr, cls, c, r, T["bone_cortex"], soft)
+        inner = (r[0] - 3.0, r[1] - 3.0, r[2] - 3.0)
+        _paint_ellipsoid(fr, cls, c, inner, T["bone_marrow"], (T["bone_cortex"],))
+    c, r = (0.0, s - 5.0, lz - 280.0), (48.0, 24.0, 55.0)
+    _paint_ellipsoid(fr, cls, c, r, T["bone_cortex"], soft)
+    _paint_ellipsoid(fr, cls, c, (45.0, 21.0, 52.0), T["bone_marrow"], (T["bone_cortex"],))
 
 
 def _paint_ribs(p: Patient, fr: _Frame, cls: np.ndarray, depth: np.ndarray) -> None:
