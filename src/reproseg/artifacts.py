@@ -201,6 +201,24 @@ class ModelFile:
         return {k: v for k, v in self.to_dict().items() if k != "state_dict"}
 
     @property
+    def target_spacing(self) -> list[float] | None:
+        """Voxel spacing (mm, RAS x, y, z) of the working grid the model was trained on.
+
+        Stored as ``preprocessing["target_spacing"]`` (reproseg.preprocess): prediction
+        resamples inputs to it, and the report, DOME record and BioImage.IO package declare
+        it. None for a model trained in voxel space (files written before issue 11).
+        """
+        value = self.preprocessing.get("target_spacing")
+        return [float(v) for v in value] if value else None
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """Dataset fingerprint of the fold's training cases (``extra["fingerprint"]``,
+        reproseg.fingerprint.dataset_fingerprint): spacing / size distributions, foreground
+        intensity percentiles, target spacing choice and patch size; None if absent."""
+        return self.extra.get("fingerprint")
+
+    @property
     def config(self) -> ModelConfig:
         """The architecture settings, validated."""
         return ModelConfig.model_validate(self.model_config)

@@ -90,6 +90,14 @@ def test_training_uses_only_train_cases_of_the_fold(tmp_path) -> None:
         variants.append(read_json(out / "preprocessing.json"))
     assert variants[0] == variants[1] == variants[2]
     assert variants[0]["train_cases"] == fold0["train_cases"]
+    # the model file declares its working grid and the fold's fingerprint (issue 11)
+    from reproseg.artifacts import ModelFile
+
+    mf = ModelFile.load(tmp_path / "out0" / "model.pt")
+    assert mf.target_spacing == [1.5, 1.5, 2.0] == variants[0]["target_spacing"]
+    assert mf.fingerprint is not None
+    assert mf.fingerprint["n_cases"] == len(fold0["train_cases"])
+    assert mf.fingerprint["patch_size"]["value"] == mf.patch_size == [8, 8, 8]
 
 
 def test_preprocess_image_clips_and_normalises() -> None:
