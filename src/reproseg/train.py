@@ -37,7 +37,7 @@ from monai.networks.utils import one_hot
 
 from reproseg.artifacts import ModelFile
 from reproseg.config import Config, load_config
-from reproseg.data import compute_preprocessing, load_cases, make_items, make_train_loader
+from reproseg.data import load_validation_volume, make_items, make_train_loader
 from reproseg.determinism import (
     enable_deterministic_algorithms,
     epoch_seed,
@@ -50,7 +50,6 @@ from reproseg.environment import capture_environment
 from reproseg.io import (
     atomic_path,
     read_json,
-    read_tsv,
     save_torch,
     sha256_file,
     sha256_json,
@@ -60,6 +59,7 @@ from reproseg.io import (
 from reproseg.logs import get_logger, setup_logging
 from reproseg.models import build_model, check_patch_size, count_parameters
 from reproseg.predict import sliding_window_logits
+from reproseg.preprocess import DEFAULT_CACHE_DIR, prepare_fold
 
 log = get_logger("train")
 
@@ -136,7 +136,7 @@ def optimisation_step(
 
 def validate(
     model: torch.nn.Module,
-    val_items: list[dict[str, Any]],
+    val_items: list[Any],
     patch_size: list[int],
     n_classes: int,
     device: torch.device,
@@ -144,14 +144,17 @@ def validate(
 ) -> float:
     """Mean foreground Dice over the validation cases (MONAI DiceMetric, sliding window).
 
-    Classes absent from a reference are ignored for that case (``ignore_empty``).
+    Classes absent from a reference are ignored for that case (``ignore_empty``). The
+    volumes are read from the cache one at a time, so memory holds one case, not the fold.
     """
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
     model.eval()
     with torch.no_grad():
         for item in val_items:
-            x = torch.from_numpy(item["image"])[None].to(device)
-            y = torch.from_numpy(item["label"].astype(np.int64))[None].to(device)
+            image, label = load_validation_volume(item)
+            x = torch.from_numpy(image)[None].to(device)
+            y = torch.from_numpy(label.astype(np.int64))[None].to(device)
+            del image, label
             pred = sliding_window_logits(model, x, patch_size, sw_batch_size).argmax(
                 dim=1, keepdim=True
             )
@@ -272,8 +275,13 @@ def train_model(
     max_steps: int | None = None,
     track_emissions: bool = True,
     root: str | Path = ".",
+    preprocessed: str | Path | None = None,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``fold`` with ``seed``; write the outputs; return a summary.
+
+    ``preprocessed``: the index of the preprocessed cache (``preprocess_gather`` rule);
+    without it the cases are preprocessed (or found) in ``root / cache_dir`` first.
 
     ``checkpoint_path`` defaults to ``checkpoint.pt`` next to ``model.pt``. ``max_steps``
     (test hook) raises :class:`TrainingStopped` after that many steps in this call, leaving
@@ -283,7 +291,8 @@ def train_model(
     if model_name not in tc.models:
         raise ValueError(f"train.models: no model named {model_name!r} (have {sorted(tc.models)})")
     mcfg = tc.models[model_name]
-    check_patch_size(mcfg, tc.patch_size)
+    if tc.patch_size != "auto":
+        check_patch_size(mcfg, tc.patch_size)
     checkpoint = (
         Path(checkpoint_path) if checkpoint_path else outputs.model.parent / "checkpoint.pt"
     )
@@ -296,27 +305,31 @@ def train_model(
 
     splits = read_json(splits_path)
     train_ids, val_ids = fold_cases(splits, fold, str(splits_path))
-    manifest = read_tsv(manifest_path)
-    manifest["case_id"] = manifest["case_id"].astype(str)
-    train_cases = load_cases(manifest, train_ids, root)
-    val_cases = load_cases(manifest, val_ids, root)
-    # fold-safe: statistics from the training cases only
-    pre = compute_preprocessing(
-        [c["image"] for c in train_cases],
-        [c["label"] for c in train_cases],
-        tc.intensity_percentiles,
+    # the preprocessed cache (memory-mapped); fold-safe statistics from the training cases only
+    fold_data = prepare_fold(
+        manifest_path,
+        splits_path,
+        cfg,
+        mcfg,
+        fold,
+        train_ids,
+        val_ids,
+        preprocessed,
+        cache_dir,
+        root,
+        threads,
     )
-    pre.update(fold=fold, train_cases=train_ids)
-    items = make_items(train_cases, pre)
-    val_items = make_items(val_cases, pre)
+    pre, patch_size = fold_data.preprocessing, fold_data.patch_size
+    check_patch_size(mcfg, patch_size)
+    items = make_items(fold_data.train, pre)
+    val_items = make_items(fold_data.val, pre)
     n_classes = max(cfg.labels) + 1
-    present = set(np.unique(np.concatenate([np.unique(c["label"]) for c in train_cases])).tolist())
+    present = fold_data.label_values
     if not present <= set(cfg.labels):
         raise ValueError(
             f"{manifest_path}: training labels contain values {sorted(present - set(cfg.labels))} "
             f"not in the config's label map"
         )
-    del train_cases, val_cases
 
     model = build_model(mcfg, in_channels=1, out_channels=n_classes).to(device)
     optimizer = torch.optim.Adam(
@@ -369,7 +382,7 @@ def train_model(
             model.train()
             loader = make_train_loader(
                 items,
-                tc.patch_size,
+                patch_size,
                 tc.foreground_ratio,
                 tc.augment,
                 tc.batch_size,
@@ -391,7 +404,7 @@ def train_model(
             val_dice = None
             if epoch % tc.val_every == 0 or epoch == tc.epochs:
                 val_dice = validate(
-                    model, val_items, tc.patch_size, n_classes, device, tc.batch_size
+                    model, val_items, patch_size, n_classes, device, tc.batch_size
                 )
                 if val_dice > best["val_dice"]:
                     best = {
@@ -443,7 +456,7 @@ def train_model(
         labels={int(k): v for k, v in cfg.labels.items()},
         epoch=best["epoch"],
         val_dice=best["val_dice"],
-        patch_size=list(tc.patch_size),
+        patch_size=list(patch_size),
         in_channels=1,
         out_channels=n_classes,
         extra={
@@ -453,6 +466,7 @@ def train_model(
             "splits_sha256": splits.get("sha256"),
             "weights_sha256": state_dict_sha256(best["state_dict"]),
             "final_weights_sha256": state_dict_sha256(model.state_dict()),
+            "fingerprint": fold_data.fingerprint,
         },
     )
     model_file.save(outputs.model)
