@@ -121,22 +121,17 @@ def _log_case(kind: str, case_id: str, metrics: list[dict[str, Any]]) -> None:
 
 # --------------------------------------------------------------------------- learned models
 def _predict_mean(
-    models: Sequence[tuple[torch.nn.Module, dict[str, Any]]], image: np.ndarray
+    models: Sequence[tuple[torch.nn.Module, dict[str, Any]]],
+    image: np.ndarray,
+    affine: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities (C, X, Y, Z) averaged over ``models`` (one model: its own)."""
-    from reproseg.predict import predict_probabilities
+    """Softmax probabilities (C, X, Y, Z) averaged over ``models`` (one model: its own),
+    on the image's own grid: averaged on the models' working grid, resampled back once."""
+    from reproseg.predict import ensemble_probabilities
 
-    total: np.ndarray | None = None
-    for model, meta in models:
-        prob = np.asarray(predict_probabilities(model, meta, image), dtype=np.float64)
-        if total is not None and prob.shape != total.shape:
-            raise ValueError(
-                f"ensemble members disagree on output shape: {prob.shape} vs {total.shape}"
-            )
-        total = prob if total is None else total + prob
-    if total is None:
+    if not models:
         raise ValueError("no model to predict with")
-    return (total / len(models)).astype(np.float32)
+    return ensemble_probabilities(models, image, affine)
 
 
 def evaluate_models(
@@ -156,11 +151,11 @@ def evaluate_models(
     Writes ``out_path`` (metrics.tsv) and, when ``pred_dir`` is given, the test-set label
     predictions as ``{pred_dir}/{case}.nii.gz`` (uint8, the image's affine).
     """
-    from reproseg.predict import load_model
+    from reproseg import predict
 
     if not model_paths:
         raise ValueError("evaluate: no model.pt given")
-    models = [load_model(p) for p in model_paths]
+    models = [predict.load_model(p) for p in model_paths]
     splits = read_splits(splits_path)
     if fold is None:
         method, fold_value = f"{model_name}-ensemble", -1
@@ -176,8 +171,8 @@ def evaluate_models(
     with torch.inference_mode():
         for split, case in plan:
             image, ref, spacing, affine = reader.load(case)
-            prob = _predict_mean(models, image)
-            pred = np.argmax(prob, axis=0).astype(np.uint8)
+            # Native grid: the labels come back to the reference's own voxels (LiTS/MSD rule)
+            pred = predict.predict_labels(models, image, affine)
             metrics = case_metrics(pred, ref, spacing, cfg.labels, cfg.evaluate.nsd_tolerance_mm)
             _log_case(f"{method} fold {fold_value} seed {seed} {split}", case, metrics)
             rows += _rows(

@@ -150,19 +150,19 @@ def test_ensemble_averages_the_fold_models_probabilities(dataset):
 
 
 def test_oracle_predictions_score_perfectly(dataset, monkeypatch):
-    """With probabilities equal to the one-hot reference, every Dice is 1 and HD95 0."""
+    """With predicted labels equal to the reference, every Dice is 1 and HD95 0."""
     from reproseg import predict
 
-    def oracle(model, meta, image):
+    def oracle(models, image, affine):
         case = next(
             c
             for c in ("c0", "c1", "c2", "c3")
             if np.array_equal(load_nifti(f"raw/images/{c}.nii.gz")[0], image)
         )
         ref, _ = load_nifti(f"raw/labels/{case}.nii.gz")
-        return np.eye(3, dtype=np.float32)[ref.astype(int)].transpose(3, 0, 1, 2)
+        return ref.astype(np.uint8)
 
-    monkeypatch.setattr(predict, "predict_probabilities", oracle)
+    monkeypatch.setattr(predict, "predict_labels", oracle)
     df = evaluate_models(
         [dataset["models"][0]],
         "manifest.tsv",
