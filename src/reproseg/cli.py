@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-bioimageio": ("reproseg.publish.bioimageio", "export a BioImage.IO model package"),
     "rocrate": ("reproseg.rocrate", "write the Workflow Run RO-Crate"),
     "omero": ("reproseg.sources.omero", "OMERO utilities (push a dataset, upload predictions)"),
+    "reproduce": ("reproseg.reproduce", "check a finished run's record, rerun it, give a verdict"),
     "schema": ("reproseg.config", "print the config JSON Schema"),
 }
 
