@@ -29,6 +29,9 @@ COUINAUD_LABELS: dict[int, str] = {
     7: "segment_VII",
     8: "segment_VIII",
 }
+#: The worked example's name of the whole-foreground class (the union of every label > 0),
+#: evaluated beside the labels (``reproseg.metrics``).
+DEFAULT_FOREGROUND_NAME = "liver"
 
 
 class _Strict(BaseModel):
@@ -198,10 +201,21 @@ class SplitConfig(_Strict):
 class ModelConfig(_Strict):
     """One network architecture, built by reproseg.models.build_model."""
 
-    arch: Literal["UNet", "SegResNet"] = Field("UNet", description="MONAI architecture.")
-    channels: list[int] = Field([16, 32, 64, 128], description="UNet feature channels per level.")
-    strides: list[int] = Field([2, 2, 2], description="UNet down-sampling strides.")
+    # The names of reproseg.models' registry (tests/unit/test_models.py checks they agree).
+    arch: Literal["UNet", "SegResNet", "DynUNet"] = Field(
+        "UNet", description="MONAI architecture (reproseg.models registry)."
+    )
+    channels: list[int] = Field(
+        [16, 32, 64, 128], description="UNet / DynUNet feature channels per level."
+    )
+    strides: list[int] = Field(
+        [2, 2, 2], description="UNet / DynUNet down-sampling strides between levels."
+    )
     num_res_units: int = Field(0, ge=0, description="UNet residual units per block.")
+    kernel_size: list[int | list[int]] = Field(
+        [], description="DynUNet kernel per level (odd int or [x, y, z]); empty: 3 everywhere."
+    )
+    res_block: bool = Field(False, description="DynUNet residual blocks.")
     init_filters: int = Field(8, ge=1, description="SegResNet initial filters.")
     blocks_down: list[int] = Field([1, 2, 2], description="SegResNet blocks per down level.")
     dropout: float = Field(0.0, ge=0, le=1, description="Dropout probability.")
@@ -325,6 +339,20 @@ class PublishConfig(_Strict):
     bioimageio: BioimageioConfig = Field(default_factory=BioimageioConfig)
 
 
+class Citation(_Strict):
+    """A reference: its text and a DOI or URL (BioImage.IO ``cite`` entries need one)."""
+
+    text: str = Field(min_length=1, description="Citation text.")
+    doi: str = Field("", description="DOI (without https://doi.org/).")
+    url: str = Field("", description="URL, when there is no DOI.")
+
+    @model_validator(mode="after")
+    def _has_link(self) -> Citation:
+        if not (self.doi or self.url):
+            raise ValueError(f"citation {self.text[:40]!r}: give a doi or a url")
+        return self
+
+
 class MetadataConfig(_Strict):
     """Study-level facts for the FAIR description (MIAPPE or REMBI)."""
 
@@ -336,8 +364,43 @@ class MetadataConfig(_Strict):
     )
     organism: str = Field("Homo sapiens", description="Organism imaged.")
     imaging_method: str = Field("computed tomography", description="Imaging method.")
+    modality: str = Field(
+        "CT", min_length=1, description="Short modality name (model card, package tags)."
+    )
+    anatomy: str = Field(
+        "the liver and its 8 Couinaud segments",
+        min_length=1,
+        description="What the labels delineate, as it reads in 'segmentation of ...'.",
+    )
+    keywords: list[str] = Field(
+        ["liver", "couinaud"], description="Extra tags of the published model package."
+    )
+    citations: list[Citation] = Field(
+        default_factory=lambda: [
+            Citation(
+                text="Couinaud C. Le foie: etudes anatomiques et chirurgicales. Paris: Masson; "
+                "1957 (the 8 functional liver segments used as labels).",
+                url="https://en.wikipedia.org/wiki/Couinaud_classification",
+            )
+        ],
+        description="References for the labels or the data, cited by the model package.",
+    )
     license: str = Field("CC-BY-4.0", description="Data license.")
     contact: str = Field("", description="Contact e-mail or ORCID of the study.")
+
+
+class ReproduceConfig(_Strict):
+    """Settings of the ``reproduce`` target (``reproseg reproduce`` from Snakemake)."""
+
+    record: str = Field(
+        "",
+        description="Record of the run to reproduce: results folder, RO-Crate (folder or zip) or "
+        "mlflow:<run_id>. Empty: the target is not available.",
+    )
+    tolerance: float = Field(
+        1e-3, ge=0, description="Absolute tolerance on per-case metrics and summary numbers."
+    )
+    rerun: bool = Field(True, description="Rerun the pipeline (False: only check the record).")
 
 
 class Config(_Strict):
@@ -348,6 +411,12 @@ class Config(_Strict):
         default_factory=lambda: dict(COUINAUD_LABELS),
         description="Label value -> name; 0 is background.",
     )
+    foreground_name: str = Field(
+        DEFAULT_FOREGROUND_NAME,
+        min_length=1,
+        description="Name of the whole-foreground class (union of every label > 0) in the "
+        "metrics (class_index 0), tables and report.",
+    )
     source: SourceConfig = Field(default_factory=SourceConfig)
     qc: QCConfig = Field(default_factory=QCConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -356,6 +425,7 @@ class Config(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    reproduce: ReproduceConfig = Field(default_factory=ReproduceConfig)
 
     @model_validator(mode="after")
     def _check_labels(self) -> Config:
