@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("reproseg.ingest", "fetch a dataset from its source and write the manifest"),
     "qc": ("reproseg.qc", "decode and check every image and label"),
     "split": ("reproseg.splits", "make grouped, stable k-fold splits"),
+    "preprocess": ("reproseg.preprocess", "resample + crop the development cases into the cache"),
     "train": ("reproseg.train", "train one model x fold x seed"),
     "predict": ("reproseg.predict", "segment new volumes with a trained model"),
     "evaluate": ("reproseg.evaluate", "per-case metrics of a model or baseline"),

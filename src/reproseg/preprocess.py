@@ -502,7 +502,7 @@ def load_index(
     return out
 
 
-def preprocess_cli(argv: list[str]) -> int:
+def cli(argv: list[str]) -> int:
     """``reproseg preprocess --manifest M --splits S [--config C] [--cache-dir D] [--index I]``."""
     parser = argparse.ArgumentParser(prog="reproseg preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", required=True)

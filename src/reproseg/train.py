@@ -403,9 +403,7 @@ def train_model(
                     raise TrainingStopped(f"stopped after {steps_here} steps (epoch {epoch})")
             val_dice = None
             if epoch % tc.val_every == 0 or epoch == tc.epochs:
-                val_dice = validate(
-                    model, val_items, patch_size, n_classes, device, tc.batch_size
-                )
+                val_dice = validate(model, val_items, patch_size, n_classes, device, tc.batch_size)
                 if val_dice > best["val_dice"]:
                     best = {
                         "val_dice": val_dice,
@@ -577,6 +575,12 @@ def cli(argv: list[str]) -> int:
         "--max-steps", type=int, default=None, help="stop after N steps (simulated kill)"
     )
     parser.add_argument("--no-emissions", action="store_true", help="skip codecarbon tracking")
+    parser.add_argument(
+        "--preprocessed",
+        default=None,
+        help="index of the preprocessed cache (reproseg preprocess --index); default: "
+        "preprocess the missing cases into results/cache/preprocessed",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.config) if args.config else Config()
