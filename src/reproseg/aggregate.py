@@ -185,7 +185,9 @@ _TABLE_METRICS = [
     ("nsd", "NSD", 3),
     ("avd_ml", "AVD (ml)", 2),
 ]
-_REGIONS = [("liver", "whole liver"), (SEGMENTS_MEAN, "segments (mean)")]
+#: The whole-foreground region is found by class_index 0 and named after its class_name
+#: (the config's ``foreground_name``); the derived mean over the labels follows it.
+_SEGMENTS_REGION = (SEGMENTS_MEAN, "segments (mean)")
 _SPLITS = [("test", "test"), ("val", "validation (CV)")]
 
 
@@ -206,10 +208,12 @@ def paper_table(summary: pd.DataFrame, models: Sequence[str] = ()) -> pd.DataFra
     """One row per method x split x region: ``pooled mean ± pooled std`` per metric, plus
     Dice's std over folds, std over seeds and bootstrap CI, and the number of cases."""
     idx = summary.set_index(["method", "split", "class_name", "metric"])
+    whole = summary.loc[summary["class_index"] == 0, "class_name"].astype(str).unique()
+    regions = [*((name, f"whole {name}") for name in whole), _SEGMENTS_REGION]
     rows = []
     for split, split_name in _SPLITS:
         for method in method_order(summary.loc[summary["split"] == split, "method"], models):
-            for region, region_name in _REGIONS:
+            for region, region_name in regions:
                 if (method, split, region, "dice") not in idx.index:
                     continue
                 row: dict[str, Any] = {"method": method, "split": split_name, "region": region_name}

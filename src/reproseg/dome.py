@@ -181,7 +181,8 @@ def build_dome_record(
     monai_v = facts["monai"] or "?"
     methods = sorted(summary["method"].astype(str).unique())
     baselines = [m for m in methods if m.startswith("baseline_")]
-    liver = summary[(summary["class_name"] == "liver") & (summary["metric"] == "dice")]
+    # The whole-foreground class (class_index 0, named by the config's foreground_name).
+    liver = summary[(summary["class_index"] == 0) & (summary["metric"] == "dice")]
     perf = "; ".join(
         f"{r.method}: Dice {_fmt(r.pooled_mean)} ± {_fmt(r.pooled_std)} "
         f"(95 % CI {_fmt(getattr(r, 'ci_low', None))}-{_fmt(getattr(r, 'ci_high', None))}; "
@@ -314,7 +315,7 @@ def build_dome_record(
             ),
             "performance_measures": _field(
                 f"Per case and class: {', '.join(metrics)} (NSD tolerance {cfg.evaluate.nsd_tolerance_mm} mm). "
-                + (f"Whole liver: {perf}." if perf else ""),
+                + (f"Whole {cfg.foreground_name}: {perf}." if perf else ""),
                 [src["summary"]],
             ),
             "comparison": _field(

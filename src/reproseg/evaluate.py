@@ -116,7 +116,8 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _log_case(kind: str, case_id: str, metrics: list[dict[str, Any]]) -> None:
     whole = metrics[0]["dice"]
     segs = float(np.mean([m["dice"] for m in metrics[1:]])) if len(metrics) > 1 else whole
-    log.info("%s %s: liver Dice %.3f, mean segment Dice %.3f", kind, case_id, whole, segs)
+    name = metrics[0]["class_name"]
+    log.info("%s %s: %s Dice %.3f, mean class Dice %.3f", kind, case_id, name, whole, segs)
 
 
 # --------------------------------------------------------------------------- learned models
@@ -173,7 +174,14 @@ def evaluate_models(
             image, ref, spacing, affine = reader.load(case)
             # Native grid: the labels come back to the reference's own voxels (LiTS/MSD rule)
             pred = predict.predict_labels(models, image, affine)
-            metrics = case_metrics(pred, ref, spacing, cfg.labels, cfg.evaluate.nsd_tolerance_mm)
+            metrics = case_metrics(
+                pred,
+                ref,
+                spacing,
+                cfg.labels,
+                cfg.evaluate.nsd_tolerance_mm,
+                whole_name=cfg.foreground_name,
+            )
             _log_case(f"{method} fold {fold_value} seed {seed} {split}", case, metrics)
             rows += _rows(
                 metrics,
@@ -228,7 +236,14 @@ def evaluate_baseline(
         for case in cases[split]:
             image, ref, spacing, _ = reader.load(case)
             pred = baselines.predict_threshold_atlas(image, spacing, fitted)
-            metrics = case_metrics(pred, ref, spacing, cfg.labels, cfg.evaluate.nsd_tolerance_mm)
+            metrics = case_metrics(
+                pred,
+                ref,
+                spacing,
+                cfg.labels,
+                cfg.evaluate.nsd_tolerance_mm,
+                whole_name=cfg.foreground_name,
+            )
             _log_case(f"{method} fold {fold} {split}", case, metrics)
             rows += _rows(
                 metrics,

@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
-#: class_index and class_name of the whole-organ row (union of all foreground labels).
+from reproseg.config import DEFAULT_FOREGROUND_NAME
+
+#: class_index of the whole-foreground row (union of all foreground labels); its name
+#: comes from the config (``foreground_name``, :data:`WHOLE_NAME` by default).
 WHOLE_INDEX = 0
-WHOLE_NAME = "liver"
+WHOLE_NAME = DEFAULT_FOREGROUND_NAME
 #: The metric columns of metrics.tsv, in order.
 METRIC_COLUMNS = ["dice", "hd95_mm", "nsd", "avd_ml", "ref_voxels", "pred_voxels"]
 
@@ -120,8 +123,9 @@ def case_metrics(
     labels: Mapping[int, str],
     nsd_tolerance_mm: float,
     crop: bool = True,
+    whole_name: str = WHOLE_NAME,
 ) -> list[dict[str, Any]]:
-    """Metrics of one case for every foreground class and the whole organ.
+    """Metrics of one case for every foreground class and the whole foreground.
 
     Args:
         pred: integer label volume predicted (X, Y, Z).
@@ -131,10 +135,12 @@ def case_metrics(
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         crop: crop to each class's bounding box before the distance transforms (same numbers,
             much faster); ``False`` only for benchmarking.
+        whole_name: ``class_name`` of the whole-foreground row (the config's
+            ``foreground_name``).
 
     Returns:
-        One dict per class, the whole organ first (``class_index`` 0, ``class_name``
-        ``"liver"``: union of all foreground labels), then each foreground label in order,
+        One dict per class, the whole foreground first (``class_index`` 0, ``class_name``
+        ``whole_name``: union of all foreground labels), then each foreground label in order,
         with the keys ``class_index, class_name`` and :data:`METRIC_COLUMNS`.
     """
     pred = np.asarray(pred)
@@ -147,7 +153,7 @@ def case_metrics(
     rows = [
         {
             "class_index": WHOLE_INDEX,
-            "class_name": WHOLE_NAME,
+            "class_name": whole_name,
             **binary_metrics(
                 np.isin(pred, values), np.isin(ref, values), spacing, nsd_tolerance_mm, crop
             ),

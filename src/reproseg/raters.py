@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from reproseg.io import load_nifti, read_json, spacing_from_affine, write_tsv
 from reproseg.manifest import parse_rater_labels, read_manifest
-from reproseg.metrics import case_metrics
+from reproseg.metrics import WHOLE_NAME, case_metrics
 
 log = logging.getLogger("reproseg.raters")
 
@@ -103,14 +103,15 @@ def pairwise_rows(
     spacing: Sequence[float],
     labels: Mapping[int, str],
     nsd_tolerance_mm: float,
+    foreground_name: str = WHOLE_NAME,
     **context: Any,
 ) -> list[dict[str, Any]]:
-    """Agreement rows (one per class and the whole liver) of two label maps of one case.
+    """Agreement rows (one per class and the whole foreground) of two label maps of one case.
 
     ``a`` plays the prediction and ``b`` the reference; Dice and HD95 are symmetric, NSD too.
     """
     rows = []
-    for m in case_metrics(a, b, spacing, labels, nsd_tolerance_mm):
+    for m in case_metrics(a, b, spacing, labels, nsd_tolerance_mm, whole_name=foreground_name):
         rows.append(
             {
                 **context,
@@ -141,6 +142,7 @@ def interrater_table(
     labels: Mapping[int, str],
     nsd_tolerance_mm: float,
     split_of: Mapping[str, str] | None = None,
+    foreground_name: str = WHOLE_NAME,
 ) -> pd.DataFrame:
     """Rater-vs-rater and model-vs-rater agreement for every case with several annotators.
 
@@ -180,6 +182,7 @@ def interrater_table(
                 spacing,
                 labels,
                 nsd_tolerance_mm,
+                foreground_name,
                 case_id=case,
                 pair=f"{r1}~{r2}",
                 kind="rater-rater",
@@ -205,6 +208,7 @@ def interrater_table(
                     spacing,
                     labels,
                     nsd_tolerance_mm,
+                    foreground_name,
                     case_id=case,
                     pair=f"{key}~{rater}",
                     kind="model-rater",
@@ -251,6 +255,7 @@ def run_interrater(
     labels: Mapping[int, str],
     nsd_tolerance_mm: float,
     out_path: str | Path,
+    foreground_name: str = WHOLE_NAME,
 ) -> pd.DataFrame:
     """Read the manifest and splits, compute :func:`interrater_table`, write it atomically."""
     manifest = read_manifest(manifest_path)
@@ -266,7 +271,9 @@ def run_interrater(
         for c in fold.get("val_cases", []):
             split_of[c] = f"val_fold{fold['fold']}"
     predictions = {prediction_key(d): Path(d) for d in prediction_dirs}
-    df = interrater_table(manifest, test_cases, predictions, labels, nsd_tolerance_mm, split_of)
+    df = interrater_table(
+        manifest, test_cases, predictions, labels, nsd_tolerance_mm, split_of, foreground_name
+    )
     write_tsv(out_path, df)
     return df
 

@@ -138,23 +138,24 @@ def results_section(inp: ReportInputs) -> dict[str, Any]:
     """Paper-style table (table.tsv) and the fold-vs-seed spread of every method (summary)."""
     table = read_tsv(inp.table_tsv)
     summary = read_tsv(inp.summary_tsv)
-    need = {"method", "class_name", "metric", "pooled_mean"}
+    need = {"method", "class_index", "class_name", "metric", "pooled_mean"}
     need |= {f"{s}_over_{k}" for s in ("mean", "std") for k in ("folds", "seeds")}
     if not need <= set(summary.columns):
         raise ValueError(f"{inp.summary_tsv}: lacks columns {sorted(need - set(summary.columns))}")
     dice = summary[summary["metric"] == "dice"]
     rows = []
     for method, grp in dice.groupby("method", sort=True):
-        liver = grp[grp["class_name"] == "liver"]
-        segs = grp[grp["class_name"] != "liver"]
+        # The whole-foreground class: class_index 0, named by the config's foreground_name.
+        liver = grp[grp["class_index"] == 0]
+        segs = grp[grp["class_index"] != 0]
         r = liver.iloc[0] if len(liver) else None
         rows.append(
             {
                 "method": method,
-                "liver Dice (folds)": _fmt_pm(r["mean_over_folds"], r["std_over_folds"])
+                "whole Dice (folds)": _fmt_pm(r["mean_over_folds"], r["std_over_folds"])
                 if r is not None
                 else "n/a",
-                "liver Dice (seeds)": _fmt_pm(r["mean_over_seeds"], r["std_over_seeds"])
+                "whole Dice (seeds)": _fmt_pm(r["mean_over_seeds"], r["std_over_seeds"])
                 if r is not None
                 else "n/a",
                 "mean segment Dice": f"{segs['pooled_mean'].mean():.3f}" if len(segs) else "n/a",
@@ -185,7 +186,7 @@ def results_section(inp: ReportInputs) -> dict[str, Any]:
 
 def boxplot_figures(per_case: pd.DataFrame) -> list[dict[str, str]]:
     """Per-class Dice box plots over test cases x folds x seeds, one box per method;
-    and per-(fold, seed) mean whole-liver Dice, showing the two variability sources apart."""
+    and per-(fold, seed) mean whole-foreground Dice, showing the two variability sources apart."""
     figs = []
     need = {"method", "class_name", "class_index", "dice", "split", "fold", "seed"}
     if not need <= set(per_case.columns):
@@ -221,7 +222,7 @@ def boxplot_figures(per_case: pd.DataFrame) -> list[dict[str, str]]:
     ax.legend(fontsize=8, loc="lower left")
     figs.append({"title": "Dice per class and method", "src": _png(fig)})
 
-    runs = data[(data["class_name"] == "liver") & (data["fold"] >= 0) & (data["seed"] >= 0)]
+    runs = data[(data["class_index"] == 0) & (data["fold"] >= 0) & (data["seed"] >= 0)]
     if len(runs):
         means = runs.groupby(["method", "fold", "seed"])["dice"].mean().reset_index()
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
@@ -232,11 +233,16 @@ def boxplot_figures(per_case: pd.DataFrame) -> list[dict[str, str]]:
                     m[by] + 0.08 * (j - 0.5), m["dice"], color=cmap(j % 10), label=method, s=25
                 )
                 ax.set_xlabel(f"{by} (points: {other}s)")
-        axes[0].set_ylabel("mean whole-liver Dice")
+        axes[0].set_ylabel(f"mean whole {runs['class_name'].iloc[0]} Dice")
         axes[0].set_title("spread across folds")
         axes[1].set_title("spread across seeds")
         axes[1].legend(fontsize=8)
-        figs.append({"title": "Whole-liver Dice per fold and per seed", "src": _png(fig)})
+        figs.append(
+            {
+                "title": f"Whole {runs['class_name'].iloc[0]} Dice per fold and per seed",
+                "src": _png(fig),
+            }
+        )
     return figs
 
 
@@ -262,12 +268,12 @@ def learning_curve_figure(histories: Sequence[Path]) -> dict[str, str] | None:
 
 
 def pick_cases(per_case: pd.DataFrame, run: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """(label, case_id, dice) of the best, median and worst test case of one run, by whole-liver Dice."""
+    """(label, case_id, dice) of the best, median and worst test case of one run, by whole-foreground Dice."""
     sel = per_case[
         (per_case["method"].astype(str) == str(run["model"]))
         & (per_case["fold"].astype(int) == int(run["fold"]))
         & (per_case["seed"].astype(int) == int(run["seed"]))
-        & (per_case["class_name"] == "liver")
+        & (per_case["class_index"] == 0)
     ]
     test = sel[sel["split"] == "test"]
     sel = (test if len(test) else sel).sort_values(["dice", "case_id"], ascending=[False, True])
@@ -324,7 +330,7 @@ def overlay_figure(
             ax.set_title(f"{kind}: {case} (Dice {dice:.3f})" if c == 0 else name, fontsize=8)
     note = (
         f"Predictions of {run['model']} fold {run['fold']} seed {run['seed']}; cases chosen by "
-        f"whole-liver Dice on the test set; axial slice with most reference foreground."
+        f"whole-foreground Dice on the test set; axial slice with most reference foreground."
     )
     return {"title": "Best, median and worst test case", "src": _png(fig)}, note
 

@@ -8,7 +8,11 @@ compares, bit for bit, what the science depends on:
 * the weights of every fold model (``state_dict`` tensors: name, dtype, shape and bytes;
   not the ``torch.save`` bytes, so that adding a key such as a format version to the file
   is not a numeric change),
-* ``results/splits/splits.json`` (file bytes),
+* the ingested images and labels (voxels and affine of every file under
+  ``results/data/raw``),
+* the split (``results/splits/splits.json`` without its ``manifest_sha256`` and the
+  ``sha256`` derived from it: which case is in which fold and in the test set; the manifest
+  hash changes with any new manifest column, which moves no number),
 * ``results/eval/per_case.tsv`` (file bytes: every per-case metric of every method),
 * every prediction volume under ``results/predictions`` (voxels and affine, not the gzip
   container),
@@ -32,7 +36,14 @@ from typing import Any
 import pytest
 import yaml
 
-from reproseg.io import load_nifti, sha256_array, sha256_file, write_json
+from reproseg.io import (
+    load_nifti,
+    read_json,
+    sha256_array,
+    sha256_file,
+    sha256_json,
+    write_json,
+)
 
 from ..conftest import run_snakemake
 
@@ -72,8 +83,12 @@ def output_hashes(workdir: Path) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for p in sorted((workdir / "results/models").rglob("model.pt")):
         hashes[f"{p.relative_to(workdir).as_posix()}#state_dict"] = weights_sha256(p)
-    for rel in ("results/splits/splits.json", TARGET):
-        hashes[rel] = sha256_file(workdir / rel)
+    for p in sorted((workdir / "results/data/raw").rglob("*.nii.gz")):
+        hashes[f"{p.relative_to(workdir).as_posix()}#voxels"] = nifti_sha256(p)
+    splits = read_json(workdir / "results/splits/splits.json")
+    assignment = {k: v for k, v in splits.items() if k not in ("manifest_sha256", "sha256")}
+    hashes["results/splits/splits.json#assignment"] = sha256_json(assignment)
+    hashes[TARGET] = sha256_file(workdir / TARGET)
     for p in sorted((workdir / "results/predictions").rglob("*.nii.gz")):
         hashes[f"{p.relative_to(workdir).as_posix()}#voxels"] = nifti_sha256(p)
     return hashes

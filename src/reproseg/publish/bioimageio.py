@@ -61,18 +61,24 @@ from reproseg.publish.common import (
 
 log = get_logger("publish.bioimageio")
 
-#: Citations every package carries (the network library and the anatomy of the labels).
+#: The citation every package carries (the network library); the labels' and the data's
+#: references come from the config (``metadata.citations``, :func:`_citations`).
 CITATIONS = [
     {
         "text": "Cardoso MJ et al. MONAI: An open-source framework for deep learning in healthcare. 2022.",
         "doi": "10.48550/arXiv.2211.02701",
     },
-    {
-        "text": "Couinaud C. Le foie: etudes anatomiques et chirurgicales. Paris: Masson; 1957 "
-        "(the 8 functional liver segments used as labels).",
-        "url": "https://en.wikipedia.org/wiki/Couinaud_classification",
-    },
 ]
+
+
+def _citations(cfg: Config) -> list[dict[str, str]]:
+    """The library's citation, then the config's references (text + doi or url)."""
+    return CITATIONS + [c.model_dump(exclude_defaults=True) for c in cfg.metadata.citations]
+
+
+def _intensity_unit(cfg: Config) -> str:
+    """`` in Hounsfield units`` for CT, else nothing (the data's own intensity scale)."""
+    return " in Hounsfield units" if cfg.metadata.modality.upper() == "CT" else ""
 
 
 def architecture_kwargs(cfg: ModelConfig, out_channels: int) -> tuple[str, dict[str, Any]]:
@@ -125,7 +131,9 @@ def _test_volume(
     )
 
 
-def _cover(image_zyx: np.ndarray, probs_zyx: np.ndarray, out_png: Path, n_labels: int) -> None:
+def _cover(
+    image_zyx: np.ndarray, probs_zyx: np.ndarray, out_png: Path, n_labels: int, modality: str
+) -> None:
     """2:1 cover (the zoo's recommended ratio): a mid slice and its predicted segments."""
     import matplotlib
 
@@ -142,7 +150,7 @@ def _cover(image_zyx: np.ndarray, probs_zyx: np.ndarray, out_png: Path, n_labels
     axes[1].imshow(
         masked, cmap="tab10", vmin=0, vmax=max(n_labels - 1, 1), alpha=0.6, interpolation="nearest"
     )
-    axes[0].set_title("input (CT)")
+    axes[0].set_title(f"input ({modality})")
     axes[1].set_title("predicted segments")
     fig.subplots_adjust(0, 0, 1, 0.92, 0.02, 0)
     fig.savefig(out_png)  # no bbox_inches: keeps exactly 800 x 400 px
@@ -178,14 +186,15 @@ def _readme(
     t = cfg.train
     return f"""# {cfg.publish.bioimageio.name}
 
-3D segmentation of the liver into its {out_channels - 1} Couinaud segments in CT volumes, trained by
+3D segmentation of {cfg.metadata.anatomy} ({out_channels - 1} labels) in {cfg.metadata.modality} volumes, trained by
 the ReproSeg Snakemake pipeline (run `{cfg.run_name}`) with MONAI's
 `{ckpt["model_config"].get("arch", "UNet")}`. Published model: `{job.key}`, chosen by validation Dice
 ({final.score:.4f}) among all folds and seeds; the test set was never used for selection.
 {ensemble_note}
 ## Input and output
 
-- Input `image`: one CT volume, axes `batch, channel, z, y, x`, float32 intensities (HU).
+- Input `image`: one {cfg.metadata.modality} volume, axes `batch, channel, z, y, x`, float32
+  intensities{_intensity_unit(cfg)}.
   Each spatial side must be a multiple of {_size_divisor(ModelConfig.model_validate(ckpt["model_config"]))}.
 - Preprocessing (declared in rdf.yaml, learned on the fold's training cases only):
   clip to [{pre["clip_low"]:.4g}, {pre["clip_high"]:.4g}] (percentiles {pre.get("percentiles")}),
@@ -221,7 +230,7 @@ source): it reports the same metrics per case and class.
 
 ## Limitations
 
-Trained on {"synthetic" if cfg.source.kind == "synthetic" else "a small set of"} CT volumes; not for clinical use.
+Trained on {"synthetic" if cfg.source.kind == "synthetic" else "a small set of"} {cfg.metadata.modality} volumes; not for clinical use.
 """
 
 
@@ -354,7 +363,7 @@ def _evaluation_record(cfg: Config, job: Job) -> dict[str, Any] | None:
         "sample_count": int(test["case_id"].nunique()),
         "evaluation_factors": [names[c][:16] for c in classes],
         "evaluation_factors_long": [
-            "whole liver (union of all segments)" if c == 0 else f"Couinaud {names[c]}"
+            f"whole {names[c]} (union of all foreground labels)" if c == 0 else names[c]
             for c in classes
         ],
         "metrics": [short for _, short, _ in metrics],
@@ -453,7 +462,7 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(net_zyx, example)
     traced.save(str(put("weights_zyx.torchscript.pt")))
-    _cover(test_input[0, 0], test_output[0], put("cover.png"), n_out)
+    _cover(test_input[0, 0], test_output[0], put("cover.png"), n_out, cfg.metadata.modality)
     put("README.md").write_text(
         _readme(cfg, final, job, ckpt, results, case_id, n_out), encoding="utf-8"
     )
@@ -466,22 +475,25 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         "format_version": "0.5.12",
         "type": "model",
         "name": cfg.publish.bioimageio.name,
-        "description": f"3D {model_cfg.arch} segmentation of the {n_out - 1} Couinaud liver segments in CT, "
+        "description": f"3D {model_cfg.arch} segmentation of {cfg.metadata.anatomy} in {cfg.metadata.modality}, "
         f"trained and evaluated reproducibly by ReproSeg (run {cfg.run_name}).",
         "authors": [{"name": a} for a in cfg.publish.bioimageio.authors],
-        "cite": CITATIONS,
+        "cite": _citations(cfg),
         "license": cfg.publish.bioimageio.license,
-        "tags": [
-            "3d",
-            "ct",
-            "liver",
-            "couinaud",
-            "semantic-segmentation",
-            "unet",
-            "monai",
-            "pytorch",
-            "reproseg",
-        ],
+        "tags": list(
+            dict.fromkeys(
+                [
+                    "3d",
+                    cfg.metadata.modality.lower(),
+                    *cfg.metadata.keywords,
+                    "semantic-segmentation",
+                    model_cfg.arch.lower(),
+                    "monai",
+                    "pytorch",
+                    "reproseg",
+                ]
+            )
+        ),
         "documentation": {"source": "README.md", "sha256": sha256_file(files["README.md"])},
         "covers": [{"source": "cover.png", "sha256": sha256_file(files["cover.png"])}],
         "version": reproseg.__version__,
@@ -494,8 +506,8 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
             f"{read_json(results / 'data' / 'manifest.json').get('manifest_sha256')}.",
             "license": cfg.metadata.license,
             "authors": [{"name": a} for a in cfg.publish.bioimageio.authors],
-            "cite": [CITATIONS[1]],
-            "tags": ["ct", "liver", "couinaud"],
+            "cite": _citations(cfg)[len(CITATIONS) :] or CITATIONS,
+            "tags": list(dict.fromkeys([cfg.metadata.modality.lower(), *cfg.metadata.keywords])),
             "documentation": {
                 "source": "training_data.md",
                 "sha256": sha256_file(files["training_data.md"]),
@@ -505,8 +517,14 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
         "inputs": [
             {
                 "id": "image",
-                "description": "CT volume in Hounsfield units, axes z, y, x (NIfTI x, y, z transposed).",
-                "axes": _tensor_axes(2 * divisor, divisor, ["ct"], None),
+                "description": f"{cfg.metadata.modality} volume{_intensity_unit(cfg)}, axes z, y, x "
+                "(NIfTI x, y, z transposed).",
+                "axes": _tensor_axes(
+                    2 * divisor,
+                    divisor,
+                    ["".join(c if c.isalnum() else "_" for c in cfg.metadata.modality.lower())],
+                    None,
+                ),
                 "test_tensor": {
                     "source": "test_input.npy",
                     "sha256": sha256_file(files["test_input.npy"]),

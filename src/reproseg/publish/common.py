@@ -139,7 +139,7 @@ def metric_means(metrics_tsv: Path, splits: tuple[str, ...] = ("val", "test")) -
     """Case means of every metric per split and class from a metrics.tsv.
 
     Keys look like ``test.dice.segment_I``, plus ``test.dice.mean_fg`` (mean over the
-    foreground classes, i.e. without the whole-liver row ``class_index`` 0).
+    foreground classes, i.e. without the whole-foreground row ``class_index`` 0).
     """
     df = read_tsv(metrics_tsv)
     needed = {"split", "class_index", "class_name", "dice", "hd95_mm", "nsd"}
