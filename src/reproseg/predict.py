@@ -40,6 +40,8 @@ SW_MODE = "gaussian"
 BLEND_DTYPE = torch.float16
 #: Native slices labelled at once when bringing a prediction back to the native grid.
 NATIVE_CHUNK = 16
+#: Boundary voxels interpolated at once by :func:`native_labels` (bounds its buffers).
+POINT_CHUNK = 1 << 17
 
 
 def sliding_window_logits(
@@ -327,32 +329,33 @@ def native_labels(probs: torch.Tensor, grid: WorkingGrid, chunk: int = NATIVE_CH
         z1 = min(z0 + chunk, grid.native_shape[2])
         index = np.ix_(cell[0], cell[1], cell[2][z0:z1])
         slab = base[index]
-        boundary = np.nonzero(~uniform[index])
-        if boundary[0].size:
+        boundary = np.flatnonzero(~uniform[index])  # slab is C-contiguous: flat indices
+        if boundary.size:
             w0 = int(cell[2][z0])
             w1 = min(int(cell[2][z1 - 1]) + 2, grid.shape[2])
             block = probs[..., w0:w1].float()[None]
-            points = [
-                coords[0][boundary[0]],
-                coords[1][boundary[1]],
-                coords[2][z0 + boundary[2]] - w0,
-            ]
             sizes = (grid.shape[0], grid.shape[1], w1 - w0)
+            # normalised [-1, 1] coordinates of every native index, per axis
+            axes = [coords[0], coords[1], coords[2][z0:z1] - w0]
             norm = [
-                2.0 * p / (s - 1) - 1.0 if s > 1 else np.zeros_like(p)
-                for p, s in zip(points, sizes, strict=True)
+                (2.0 * a / (s - 1) - 1.0 if s > 1 else np.zeros_like(a)).astype(np.float32)
+                for a, s in zip(axes, sizes, strict=True)
             ]
-            # grid_sample's last grid axis lists (W, H, D) = (z, y, x) coordinates
-            where = torch.from_numpy(np.stack(norm[::-1], axis=-1).astype(np.float32))
-            values = F.grid_sample(
-                block,
-                where.view(1, 1, 1, -1, 3),
-                mode="bilinear",
-                padding_mode="border",
-                align_corners=True,
-            )
-            slab[boundary] = values[0, :, 0, 0].argmax(0).numpy().astype(np.uint8)
-            del block, values
+            found = np.empty(boundary.size, dtype=np.uint8)
+            for p0 in range(0, found.size, POINT_CHUNK):
+                pick = np.unravel_index(boundary[p0 : p0 + POINT_CHUNK], slab.shape)
+                # grid_sample's last grid axis lists (W, H, D) = (z, y, x) coordinates
+                where = np.stack([norm[2][pick[2]], norm[1][pick[1]], norm[0][pick[0]]], -1)
+                values = F.grid_sample(
+                    block,
+                    torch.from_numpy(where).view(1, 1, 1, -1, 3),
+                    mode="bilinear",
+                    padding_mode="border",
+                    align_corners=True,
+                )
+                found[p0 : p0 + POINT_CHUNK] = values[0, :, 0, 0].argmax(0).numpy()
+            slab.ravel()[boundary] = found
+            del block
         out[:, :, z0:z1] = slab
     return out
 
