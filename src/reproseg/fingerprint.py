@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from reproseg.config import ModelConfig
-from reproseg.models import size_divisor
+from reproseg.models import levels, size_divisor
 
 __all__ = [
     "FINGERPRINT_VERSION",
@@ -151,16 +151,6 @@ def dataset_fingerprint(
     }
 
 
-def _levels(cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(feature channels, cumulative down-sampling factor) of every resolution level."""
-    if cfg.arch == "UNet":
-        factors = [1]
-        for s in cfg.strides:
-            factors.append(factors[-1] * int(s))
-        return list(zip(cfg.channels, factors, strict=False))
-    return [(cfg.init_filters * 2**i, 2**i) for i in range(len(cfg.blocks_down))]
-
-
 #: Stored float32 tensors per feature channel and voxel of a level, forward and backward
 #: together (conv, norm and activation outputs of encoder and decoder, and their gradients).
 #: A deliberately rough constant: the budget is an order of magnitude, not a measurement.
@@ -177,7 +167,7 @@ def estimate_training_memory_mb(
     of the loss. It ignores the weights (small for 3D U-Nets) and allocator slack.
     """
     voxels = float(np.prod([int(p) for p in patch_size]))
-    per_voxel = sum(c / f**3 for c, f in _levels(cfg)) * _TENSORS_PER_CHANNEL + 4 * n_classes + 2
+    per_voxel = sum(c / f**3 for c, f in levels(cfg)) * _TENSORS_PER_CHANNEL + 4 * n_classes + 2
     return batch_size * voxels * per_voxel * 4 / 2**20
 
 
