@@ -34,6 +34,15 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 
 from reproseg.config import DEFAULT_FOREGROUND_NAME
 
+__all__ = [
+    "METRIC_COLUMNS",
+    "WHOLE_INDEX",
+    "WHOLE_NAME",
+    "binary_metrics",
+    "case_metrics",
+    "image_diagonal_mm",
+]
+
 #: class_index of the whole-foreground row (union of all foreground labels); its name
 #: comes from the config (``foreground_name``, :data:`WHOLE_NAME` by default).
 WHOLE_INDEX = 0
