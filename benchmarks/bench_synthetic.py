@@ -209,6 +209,122 @@ def transfer_probe(args: argparse.Namespace) -> None:
     np.save(cache / f"pred_seed{args.seed}.npy", logits.softmax(1)[0, 1].numpy())
 
 
+#: TotalSegmentator class values of the real case's map -> generator organ names.
+REAL_ORGANS = {
+    "liver": (5,),
+    "spleen": (1,),
+    "kidney_right": (2,),
+    "kidney_left": (3,),
+    "gallbladder": (4,),
+    "stomach": (6,),
+    "pancreas": (7,),
+    "small_bowel": (18, 19),
+    "colon": (20,),
+    "aorta": (52,),
+    "inferior_vena_cava": (63,),
+    "portal_vein_and_splenic_vein": (64,),
+}
+
+
+def compare_real(args: argparse.Namespace) -> None:
+    """HU per organ, liver volume and extent: generated scans (default randomised ranges,
+    resampled to the real case's 3 mm) next to the real CT; figures for docs/synthetic.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    from scipy import ndimage
+
+    real = Path(args.real)
+    ct = np.asarray(nib.load(real / "ct.nii.gz").dataobj).astype(np.float32)
+    seg = np.asarray(nib.load(real / "seg_total_fast.nii.gz").dataobj)
+    organs = list(REAL_ORGANS)
+    plan = label_plan({0: "background", 1: "liver", **{i + 2: n for i, n in enumerate(organs[1:])}})
+    real_lab = np.zeros(seg.shape, np.uint8)
+    for i, name in enumerate(organs):
+        real_lab[np.isin(seg, REAL_ORGANS[name])] = i + 1
+    gen = []
+    for i in range(args.n_compare):
+        rngs = tuple(np.random.default_rng([2000 + i, k]) for k in range(3))
+        vol = generate_randomised(RandomisedSynthetic(), (160, 160, 200), plan, rngs)  # type: ignore[arg-type]
+        zoom = [s / 3.0 for s in vol.spacing]
+        img = ndimage.zoom(vol.image.astype(np.float32), zoom, order=1)
+        lab = ndimage.zoom(vol.label, zoom, order=0)
+        gen.append((img, lab, vol.metadata))
+    stats: dict[str, Any] = {"real": {}, "generated": {}}
+    for i, name in enumerate(organs):
+        v = ct[real_lab == i + 1]
+        stats["real"][name] = [float(np.percentile(v, q)) for q in (5, 50, 95)] if v.size else None
+        for phase in ("native", "arterial", "portal_venous", "all"):
+            vals = [
+                img[lab == i + 1]
+                for img, lab, m in gen
+                if phase in ("all", m["phase"]) and (lab == i + 1).any()
+            ]
+            if vals:
+                g = np.concatenate(vals)
+                stats["generated"].setdefault(name, {})[phase] = [
+                    float(np.percentile(g, q)) for q in (5, 50, 95)
+                ]
+
+    def liver_facts(lab: np.ndarray) -> list[float]:
+        idx = np.argwhere(lab == 1)
+        return [float(len(idx) * 27 / 1000), *((idx.max(0) - idx.min(0) + 1) * 3.0).tolist()]
+
+    stats["real_liver_ml_lr_ap_cc"] = liver_facts(real_lab)
+    facts = np.array([liver_facts(lab) for _, lab, _ in gen])
+    stats["generated_liver_ml_lr_ap_cc_p10_p50_p90"] = np.percentile(
+        facts, [10, 50, 90], 0
+    ).tolist()
+    stats["phases"] = [m["phase"] for _, _, m in gen]
+    out = Path(args.figures)
+    out.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(stats, indent=1))
+    # Slices at the same level: the axial slice through the liver centroid, coronal likewise.
+    shown = [(ct, real_lab, "real CT (native, 3 mm)")] + [
+        (img, lab, f"generated {m['phase']}") for img, lab, m in gen[: args.n_show]
+    ]
+    for view in ("axial", "coronal"):
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4))
+        for ax, (img, lab, title) in zip(axes, shown, strict=True):
+            c = np.argwhere(lab == 1).mean(0).astype(int)
+            if view == "axial":
+                sl, ls = img[:, :, c[2]].T[::-1, ::-1], (lab[:, :, c[2]] == 1).T[::-1, ::-1]
+            else:
+                sl, ls = img[:, c[1], :].T[::-1, ::-1], (lab[:, c[1], :] == 1).T[::-1, ::-1]
+            ax.imshow(sl, cmap="gray", vmin=-200, vmax=300)
+            ax.contour(ls, levels=[0.5], colors="r", linewidths=0.6)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / f"synthetic_vs_real_{view}.png", dpi=80)
+        plt.close(fig)
+    fig, axes = plt.subplots(3, 4, figsize=(13, 8))
+    bins = np.linspace(-200, 400, 121)
+    for ax, (i, name) in zip(axes.ravel(), enumerate(organs), strict=True):
+        for phase, colour in (("native", "C0"), ("arterial", "C1"), ("portal_venous", "C2")):
+            vals = [img[lab == i + 1] for img, lab, m in gen if m["phase"] == phase]
+            vals = [v for v in vals if v.size]
+            if vals:
+                ax.hist(
+                    np.concatenate(vals),
+                    bins,
+                    density=True,
+                    histtype="step",
+                    color=colour,
+                    label=f"generated {phase}",
+                )
+        v = ct[real_lab == i + 1]
+        ax.hist(v, bins, density=True, histtype="stepfilled", alpha=0.35, color="k", label="real")
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks([])
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "synthetic_vs_real_hu.png", dpi=80)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="edge of the large volume")
@@ -224,7 +340,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--max-steps", type=int, default=100000)
+    parser.add_argument("--compare-real", action="store_true", help="HU/shape vs the real CT")
+    parser.add_argument("--n-compare", type=int, default=18)
+    parser.add_argument("--n-show", type=int, default=4)
+    parser.add_argument("--figures", default="docs/img")
     args = parser.parse_args()
+    if args.compare_real:
+        compare_real(args)
+        return
     if args.transfer:
         transfer_probe(args)
         return

@@ -311,9 +311,10 @@ def _rvol(seed: int, shape: tuple[int, int, int] = (48, 48, 64), labels=None, **
 
 
 def _body_width_mm(vol) -> float:
-    """Left-right extent (mm) of the body (> -500 HU) on the middle slice."""
-    body = vol.image[:, :, vol.image.shape[2] // 2] > -500
-    xs = np.nonzero(body.any(axis=1))[0]
+    """Left-right extent (mm) of the body (> -500 HU) along the middle row of the middle
+    slice (the CT table lies behind the body, not on that row)."""
+    ny, nz = vol.image.shape[1], vol.image.shape[2]
+    xs = np.nonzero(vol.image[:, ny // 2 - 2 : ny // 2 + 3, nz // 2].max(axis=1) > -500)[0]
     return float((xs.max() - xs.min() + 1) * vol.spacing[0])
 
 

@@ -541,13 +541,14 @@ def _paint_organs(p: Patient, fr: _Frame, cls: np.ndarray) -> None:
 
 
 def _bowel_waves(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
-    """Six plane waves (kx, ky, kz, phase) and a level: the small-bowel field of a scan."""
+    """Six plane waves (kx, ky, kz, phase), the loop level and the colon gas threshold."""
     waves = []
     for _ in range(6):
         d = rng.normal(size=3)
         k = d / np.linalg.norm(d) * 2 * math.pi / rng.uniform(35, 70)
         waves.append((*(float(v) for v in k), float(rng.uniform(0, 2 * math.pi))))
-    waves.append((float(rng.uniform(-0.3, 0.3)),))
+    # level of the loops; gas threshold of the colon (gas fraction varies between scans)
+    waves.append((float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0.3, 1.4))))
     return tuple(waves)
 
 
@@ -578,7 +579,7 @@ def _paint_bowel(p: Patient, fr: _Frame, cls: np.ndarray, waves: tuple) -> None:
     for kx, ky, kz, phase in waves[:6]:
         field += np.sin(kx * x + ky * y + kz * z + phase)
     field = np.abs(field * np.float32(1.0 / math.sqrt(3.0)) - np.float32(waves[6][0]))
-    gas = field > 0.3  # colon gas pockets where the same field is far from its level
+    gas = field > waves[6][1]  # colon gas pockets where the field is far from its level
     sub = cls[box]
     sub[(sub == T["colon_content"]) & gas & (y > s + 40.0)] = T["colon_gas"]
     free = (sub == T["visceral_fat"]) & (y > s + 30.0)
