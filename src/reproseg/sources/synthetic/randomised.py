@@ -87,6 +87,7 @@ TISSUES: tuple[str, ...] = (
     "cartilage",
     "colon_gas",
     "table",
+    "bladder",
 )
 T = {name: i for i, name in enumerate(TISSUES)}
 
@@ -123,6 +124,7 @@ PHASE_HU: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float,
     "rib": ((350, 800), (350, 800), (350, 800)),
     "cartilage": ((100, 200), (100, 200), (100, 200)),
     "table": ((150, 450), (150, 450), (150, 450)),
+    "bladder": ((0, 20), (0, 20), (0, 25)),
 }
 #: Tissues that share another's HU draw (left/right organs, gas pockets).
 _SAME_HU = {
@@ -153,6 +155,7 @@ ORGAN_TISSUES: dict[str, tuple[str, ...]] = {
     "heart": ("heart",),
     "vertebrae": ("bone_cortex", "bone_marrow", "disc"),
     "ribs": ("rib", "cartilage"),
+    "urinary_bladder": ("bladder",),
 }
 _LIVER_TISSUES = ("liver", "liver_vessel", "lesion")
 
@@ -221,6 +224,7 @@ class Patient:
     colon_offset: tuple[float, float]
     oral_contrast: bool
     table_gap: float  # mm between the back and the CT table; < 0: no table in view
+    bladder_fill: float  # size of the urinary bladder (x template)
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,7 @@ def sample_patient(rng: np.random.Generator, cfg: RandomisedSynthetic, lesions: 
         colon_offset=(float(rng.uniform(-12, 12)), float(rng.uniform(-15, 15))),
         oral_contrast=bool(rng.random() < 0.25),
         table_gap=float(rng.uniform(0, 25)) if rng.random() < 0.8 else -1.0,
+        bladder_fill=float(rng.uniform(0.4, 1.3)),
     )
 
 
@@ -567,6 +572,9 @@ def _paint_bowel(p: Patient, fr: _Frame, cls: np.ndarray, waves: tuple) -> None:
         (-75.0 - ox, s + 85.0, lc[2] - 45.0 + oz),
         (-85.0 - ox, s + 40.0, lc[2] - 120.0),
         (-80.0 - ox, s + 40.0, lc[2] - 230.0),
+        (-35.0, s + 45.0, lc[2] - 290.0),  # sigmoid
+        (0.0, s + 15.0, lc[2] - 330.0),  # rectum
+        (0.0, s + 10.0, lc[2] - 400.0),
     ]
     vf = (T["visceral_fat"],)
     _paint_tube(fr, cls, colon, 24.0, T["colon_wall"], vf)
@@ -708,6 +716,16 @@ def _paint_pelvis(p: Patient, fr: _Frame, cls: np.ndarray) -> None:
     c, r = (0.0, s - 5.0, lz - 280.0), (48.0, 24.0, 55.0)
     _paint_ellipsoid(fr, cls, c, r, T["bone_cortex"], soft)
     _paint_ellipsoid(fr, cls, c, (45.0, 21.0, 52.0), T["bone_marrow"], (T["bone_cortex"],))
+    for side in (-1.0, 1.0):  # femoral heads
+        c = (side * 90.0, s + 45.0, lz - 370.0)
+        _paint_ellipsoid(fr, cls, c, (24.0, 24.0, 24.0), T["bone_cortex"], soft)
+        _paint_ellipsoid(fr, cls, c, (21.0, 21.0, 21.0), T["bone_marrow"], (T["bone_cortex"],))
+    # Urinary bladder: fluid, in front of the rectum, its size drawn per patient.
+    f = p.bladder_fill
+    c, r = (0.0, s + 75.0, lz - 335.0 + 20.0 * f), (45.0 * f, 35.0 * f, 35.0 * f)
+    _paint_ellipsoid(
+        fr, cls, c, r, T["bladder"], (T["visceral_fat"], T["bowel_wall"], T["bowel_content"])
+    )
 
 
 def _paint_ribs(p: Patient, fr: _Frame, cls: np.ndarray, depth: np.ndarray) -> None:
