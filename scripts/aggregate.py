@@ -1,6 +1,16 @@
-"""Snakemake adapter of rule aggregate: summaries across folds and seeds, CIs, the table."""
+"""Rule aggregate: per-case table, variability-aware summary and the paper-style table."""
 
-from reproseg.aggregate import aggregate_step
-from reproseg.snakemake_adapter import run_step
+from pathlib import Path
 
-run_step(snakemake, aggregate_step)  # noqa: F821 (injected by Snakemake)
+from reproseg.aggregate import run_aggregate
+from reproseg.logs import run_logged
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(
+    smk.log,
+    run_aggregate,
+    list(smk.input.metrics),
+    Path(smk.output.summary).parent,
+    int(smk.params.evaluate["bootstrap_samples"]),
+    list(smk.params.models),
+)

@@ -1,6 +1,22 @@
-"""Snakemake adapter of rule evaluate_baseline: a classical baseline on one fold."""
+"""Rule evaluate_baseline: one classical baseline on one fold (fitted on its training cases)."""
 
-from reproseg.evaluate import evaluate_baseline_step
-from reproseg.snakemake_adapter import run_step
+from reproseg.evaluate import evaluate_baseline
+from reproseg.logs import run_logged
+from reproseg.workflow_helpers import step_config
 
-run_step(snakemake, evaluate_baseline_step)  # noqa: F821 (injected by Snakemake)
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(
+    smk.log,
+    evaluate_baseline,
+    smk.wildcards.baseline,
+    smk.input.manifest,
+    smk.input.splits,
+    int(smk.wildcards.fold),
+    step_config(
+        evaluate=smk.params.evaluate,
+        labels=smk.params.labels,
+        foreground_name=smk.params.foreground_name,
+    ),
+    smk.output.metrics,
+    smk.output.params,
+)

@@ -1,6 +1,15 @@
-"""Snakemake adapter of rule ingest: fetch, canonicalise, write the manifest."""
+"""Rule ingest: fetch the dataset, canonicalise it to RAS, write the checksummed manifest."""
 
-from reproseg.ingest import run_ingest_step
-from reproseg.snakemake_adapter import run_step
+from pathlib import Path
 
-run_step(snakemake, run_ingest_step)  # noqa: F821 (injected by Snakemake)
+from reproseg.ingest import run_ingest
+from reproseg.logs import run_logged
+from reproseg.workflow_helpers import step_config
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+cfg = step_config(
+    source=smk.params.source,
+    labels=smk.params.labels,
+    train={"label_target": smk.params.label_target},
+)
+run_logged(smk.log, run_ingest, cfg, Path(smk.output.manifest).parent)

@@ -1,6 +1,18 @@
-"""Snakemake adapter of rule rocrate: the Workflow Run RO-Crate of the run."""
+"""Rule rocrate: the Workflow Run RO-Crate, actions from Snakemake's records of the run."""
 
-from reproseg.rocrate import run_rocrate_step
-from reproseg.snakemake_adapter import run_step
+from pathlib import Path
 
-run_step(snakemake, run_rocrate_step)  # noqa: F821 (injected by Snakemake)
+from reproseg.config import Config
+from reproseg.logs import run_logged
+from reproseg.rocrate import make_crate
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(
+    smk.log,
+    make_crate,
+    Config.model_validate(smk.params.config),
+    Path.cwd(),  # Snakemake's working directory: its .snakemake/ records the jobs
+    smk.params.repo,
+    smk.output.json,
+    smk.output.zip,
+)

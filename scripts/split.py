@@ -1,6 +1,15 @@
-"""Snakemake adapter of rule split: grouped, stable k-fold splits -> splits.json."""
+"""Rule split: grouped, stable k-fold splits with a held-out test set."""
 
-from reproseg.snakemake_adapter import run_step
-from reproseg.splits import split_step
+from reproseg.config import SplitConfig
+from reproseg.logs import run_logged
+from reproseg.splits import run_split
 
-run_step(snakemake, split_step)  # noqa: F821 (injected by Snakemake)
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(
+    smk.log,
+    run_split,
+    smk.input.manifest,
+    smk.input.qc,
+    smk.output.splits,
+    SplitConfig.model_validate(smk.params.split),
+)

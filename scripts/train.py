@@ -1,6 +1,39 @@
-"""Snakemake adapter of rule train: one model x fold x seed, resuming from its checkpoint."""
+"""Rule train: one model x fold x seed, resuming from its checkpoint."""
 
-from reproseg.snakemake_adapter import run_step
-from reproseg.train import train_step
+from pathlib import Path
 
-run_step(snakemake, train_step)  # noqa: F821 (injected by Snakemake)
+from reproseg.logs import run_logged
+from reproseg.train import TrainOutputs, stop_after_env, train_model
+from reproseg.workflow_helpers import step_config
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+w, out = smk.wildcards, smk.output
+# The rule passes the train section without models and seeds (adding one must not rerun
+# the others): this job's own model and seed stand for them.
+cfg = step_config(
+    train={**smk.params.train, "models": {w.model: smk.params.model}, "seeds": [int(w.seed)]},
+    labels=smk.params.labels,
+    preprocess=smk.params.preprocess,
+)
+outputs = TrainOutputs(
+    model=Path(out.model),
+    history=Path(out.history),
+    preprocessing=Path(out.preprocessing),
+    environment=Path(out.environment),
+    emissions=Path(out.emissions),
+    curve=Path(out.curve),
+)
+run_logged(
+    smk.log,
+    train_model,
+    smk.input.manifest,
+    smk.input.splits,
+    outputs,
+    cfg,
+    w.model,
+    int(w.fold),
+    int(w.seed),
+    threads=int(smk.threads),  # CPU results depend on it: the rule's `threads:`
+    max_steps=stop_after_env(),
+    preprocessed=smk.input.preprocessed,
+)

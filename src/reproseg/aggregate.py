@@ -293,21 +293,6 @@ def run_aggregate(
     return summary
 
 
-def aggregate_step(snakemake: Any, cfg: Any) -> None:
-    """Adapter of the ``aggregate`` rule."""
-    out_dir = Path(snakemake.output.summary).parent
-    expected = {"per_case", "summary", "summary_json", "table_md", "table_tsv"}
-    for key in expected:
-        if Path(getattr(snakemake.output, key)).parent != out_dir:
-            raise ValueError(f"aggregate: output {key} must be in {out_dir}")
-    run_aggregate(
-        list(snakemake.input.metrics),
-        out_dir,
-        cfg.evaluate.bootstrap_samples,
-        list(cfg.train.models),
-    )
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg aggregate METRICS.tsv... [--out results/eval]``."""
     from reproseg.config import load_config

@@ -743,20 +743,3 @@ def build_dome(
         "DOME record written to %s (%d field(s) need a human)", out_json, len(record["needs_human"])
     )
     return record
-
-
-def run_dome_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter of :func:`build_dome`."""
-    inp = snakemake.input
-    build_dome(
-        cfg,
-        splits_json=inp.splits,
-        summary_json=inp.summary,
-        manifest_json=inp.manifest,
-        environment_json=inp.environment,
-        emissions_json=getattr(inp, "emissions", None) or None,
-        qc_json=getattr(inp, "qc", None) or None,
-        out_json=snakemake.output.json,
-        out_md=snakemake.output.md,
-        config_path=str(inp.config),
-    )

@@ -260,59 +260,6 @@ def evaluate_baseline(
     return df
 
 
-# --------------------------------------------------------------------------- Snakemake steps
-def _threads(snakemake: Any) -> None:
-    torch.set_num_threads(max(int(getattr(snakemake, "threads", 1) or 1), 1))
-
-
-def evaluate_step(snakemake: Any, cfg: Config) -> None:
-    """Adapter of the ``evaluate`` rule (one model x fold x seed)."""
-    _threads(snakemake)
-    w = snakemake.wildcards
-    evaluate_models(
-        [snakemake.input.model],
-        snakemake.input.manifest,
-        snakemake.input.splits,
-        cfg,
-        snakemake.output.metrics,
-        snakemake.output.predictions,
-        w.model,
-        int(w.seed),
-        int(w.fold),
-    )
-
-
-def evaluate_ensemble_step(snakemake: Any, cfg: Config) -> None:
-    """Adapter of the ``evaluate_ensemble`` rule (k fold models of one model x seed)."""
-    _threads(snakemake)
-    w = snakemake.wildcards
-    evaluate_models(
-        list(snakemake.input.models),
-        snakemake.input.manifest,
-        snakemake.input.splits,
-        cfg,
-        snakemake.output.metrics,
-        snakemake.output.predictions,
-        w.model,
-        int(w.seed),
-        None,
-    )
-
-
-def evaluate_baseline_step(snakemake: Any, cfg: Config) -> None:
-    """Adapter of the ``evaluate_baseline`` rule (one baseline x fold)."""
-    w = snakemake.wildcards
-    evaluate_baseline(
-        w.baseline,
-        snakemake.input.manifest,
-        snakemake.input.splits,
-        int(w.fold),
-        cfg,
-        snakemake.output.metrics,
-        snakemake.output.params,
-    )
-
-
 # --------------------------------------------------------------------------- CLI
 def cli(argv: list[str]) -> int:
     """``reproseg evaluate {model,ensemble,baseline,interrater} ...`` without Snakemake."""

@@ -176,14 +176,6 @@ def _failed_record(record: CaseRecord, message: str) -> FailedCase:
     )
 
 
-def run_ingest_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: outputs ``manifest`` and ``manifest_json`` in one folder."""
-    out_dir = Path(snakemake.output.manifest).parent
-    if Path(snakemake.output.manifest_json).parent != out_dir:
-        raise ValueError("rule ingest: manifest and manifest_json must be in the same folder")
-    run_ingest(cfg, out_dir)
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg ingest --config FILE [--config OVERLAY] [--out DIR]``."""
     parser = argparse.ArgumentParser(prog="reproseg ingest", description=__doc__.splitlines()[0])

@@ -70,6 +70,7 @@ __all__ = [
     "fill",
     "in_results",
     "match",
+    "results_of",
     "wildcards_of",
 ]
 
@@ -196,3 +197,12 @@ def in_results(pattern: str, results: str | Path, **wildcards: object) -> Path:
     if not rel.startswith(prefix):
         raise ValueError(f"{pattern}: not a path under {RESULTS}/")
     return Path(results) / rel.removeprefix(prefix)
+
+
+def results_of(pattern: str, path: str | Path) -> Path:
+    """The results folder that holds ``path``, a file of ``pattern`` (the inverse of
+    :func:`in_results`); a path that does not fit the pattern is an error."""
+    if match(pattern, path) is None:
+        raise ValueError(f"{path}: not a {pattern} file of the run layout")
+    below = len(Path(pattern.removeprefix(f"{RESULTS}/")).parts)
+    return Path(path).parents[below - 1]

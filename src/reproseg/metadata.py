@@ -394,18 +394,6 @@ def write_resolved_config(cfg: Config, path: str | Path) -> None:
     )
 
 
-def run_metadata_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: dataset description + the resolved config snapshot."""
-    build_dataset_metadata(
-        snakemake.input.manifest,
-        snakemake.input.qc,
-        cfg,
-        snakemake.output.json,
-        snakemake.output.tsv,
-    )
-    write_resolved_config(cfg, snakemake.output.config)
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg metadata dataset|dome ...``: FAIR dataset description or the DOME record."""
     parser = argparse.ArgumentParser(prog="reproseg metadata", description=cli.__doc__)

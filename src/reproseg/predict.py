@@ -26,7 +26,6 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Resize
 
 from reproseg.artifacts import ModelFile
-from reproseg.config import Config
 from reproseg.data import load_volume, preprocess_image
 from reproseg.io import save_nifti, spacing_from_affine
 from reproseg.logs import get_logger, setup_logging
@@ -36,8 +35,11 @@ log = get_logger("predict")
 #: Sliding-window settings shared by validation during training and inference.
 SW_OVERLAP = 0.25
 SW_MODE = "gaussian"
-#: dtype of the blended sliding-window output and of the working-grid probabilities.
+#: dtype of the blended sliding-window output and of the working-grid probabilities of a
+#: large volume; a volume whose float32 class stack fits FLOAT32_BLEND_MAX_BYTES is
+#: blended in float32 (bit-identical to the plain float32 pipeline, and memory is no issue).
 BLEND_DTYPE = torch.float16
+FLOAT32_BLEND_MAX_BYTES = 1 << 30
 #: Native slices labelled at once when bringing a prediction back to the native grid.
 NATIVE_CHUNK = 16
 #: Boundary voxels interpolated at once by :func:`native_labels` (bounds its buffers).
@@ -202,15 +204,17 @@ def member_probabilities(
     model: torch.nn.Module,
     meta: Mapping[str, Any],
     image: np.ndarray,
-    blend_dtype: torch.dtype = BLEND_DTYPE,
+    blend_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (C, X, Y, Z) in ``blend_dtype`` of an image on its working grid.
 
     The fold's preprocessing, then MONAI's sliding window (training patch, Gaussian
-    blending). Its full-size output buffer takes the input's dtype, so the input is handed
-    over in ``blend_dtype`` (float16 halves the largest buffer; float16 resolves 0.002 z-score
-    units, finer than 1 HU for any CT) while every window runs through the network in
-    the network's own precision. The output is kept on the CPU whatever the model's device.
+    blending). Its full-size output buffer takes the input's dtype, so for a large volume
+    the input is handed over in float16 (:data:`BLEND_DTYPE`: half the largest buffer;
+    float16 resolves 0.002 z-score units, finer than 1 HU for any CT) while every window
+    runs through the network in the network's own precision. ``blend_dtype`` None picks
+    float32 when the float32 class stack fits :data:`FLOAT32_BLEND_MAX_BYTES`. The output
+    is kept on the CPU whatever the model's device.
     """
     if image.ndim != 3:
         raise ValueError(f"predict: expected a 3D image, got shape {image.shape}")
@@ -218,6 +222,10 @@ def member_probabilities(
     if not patch:
         raise ValueError("predict: model metadata has no patch_size")
     param = next(model.parameters())
+    if blend_dtype is None:
+        n_classes = int(meta.get("out_channels") or max(map(int, meta.get("labels") or [8])) + 1)
+        small = n_classes * image.size * 4 <= FLOAT32_BLEND_MAX_BYTES
+        blend_dtype = torch.float32 if small else BLEND_DTYPE
     x = torch.from_numpy(preprocess_image(image, dict(meta["preprocessing"])))
     x = x.to(blend_dtype)[None, None]
 
@@ -235,6 +243,8 @@ def member_probabilities(
             device="cpu",
         )[0]
         del x
+        if out.dtype == torch.float32 and out.numel() * 4 <= FLOAT32_BLEND_MAX_BYTES:
+            return torch.softmax(out, dim=0)  # small: the plain float32 pipeline
         return _softmax_(out)
 
 
@@ -500,11 +510,6 @@ def predict_volume(
         ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
     )
     return labels
-
-
-def predict_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: input image + models, output label NIfTI."""
-    predict_volume(list(snakemake.input.models), snakemake.input.image, snakemake.output.label)
 
 
 def cli(argv: list[str]) -> int:

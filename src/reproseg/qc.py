@@ -574,14 +574,17 @@ def run_qc(
     return summary
 
 
-def run_qc_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter. Copies the reports next to the log, because Snakemake deletes a
-    failed job's outputs and the report matters most when QC fails."""
-    out_dir = Path(snakemake.output.inputs).parent
+def run_qc_keeping_reports(
+    manifest_tsv: str | Path, cfg: Config, out_dir: str | Path, keep_dir: str | Path
+) -> dict[str, Any]:
+    """:func:`run_qc`, then copy the reports to ``keep_dir`` (the rule's log folder) whether
+    it passed or not: Snakemake deletes a failed job's outputs, and the report matters most
+    when QC fails."""
+    out_dir = Path(out_dir)
     try:
-        run_qc(snakemake.input.manifest, cfg, out_dir)
+        return run_qc(manifest_tsv, cfg, out_dir)
     finally:
-        log_dir = Path(snakemake.log[0]).parent
+        log_dir = Path(keep_dir)
         for name in ("inputs.tsv", "qc.json", "qc.md"):
             src = out_dir / name
             if src.exists():

@@ -276,15 +276,3 @@ def run_interrater(
     )
     write_tsv(out_path, df)
     return df
-
-
-def interrater_step(snakemake: Any, cfg: Any) -> None:
-    """Snakemake adapter of the ``interrater`` rule."""
-    run_interrater(
-        snakemake.input.manifest,
-        snakemake.input.splits,
-        list(snakemake.input.predictions),
-        cfg.labels,
-        cfg.evaluate.nsd_tolerance_mm,
-        snakemake.output.table,
-    )

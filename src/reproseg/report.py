@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import os
 from collections.abc import Sequence
@@ -87,6 +88,21 @@ class ReportInputs:
     configfiles: Sequence[str] = ()
     root: Path = field(default_factory=Path)
     """Directory that the manifest's relative paths are relative to (the workdir)."""
+
+    @classmethod
+    def from_inputs(cls, configfiles: Sequence[str] = (), **inputs: Any) -> ReportInputs:
+        """From the report rule's named inputs (named as the fields; ``template`` is the
+        Jinja template, an input only so that editing it reruns the report)."""
+        inputs.pop("template", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(inputs) - names)
+        if unknown:
+            raise ValueError(f"report: unknown inputs {unknown} (known: {sorted(names)})")
+        many = {"histories", "environments", "emissions"}
+        values: dict[str, Any] = {
+            k: [Path(p) for p in v] if k in many else _opt(v) for k, v in inputs.items()
+        }
+        return cls(**values, configfiles=list(configfiles))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -599,32 +615,6 @@ def build_report(inp: ReportInputs, cfg: Config, out_html: str | Path) -> Path:
 
 def _opt(value: Any) -> Path | None:
     return Path(value) if value else None
-
-
-def run_report_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter of :func:`build_report` (optional inputs by name)."""
-    i = snakemake.input
-    get = lambda name: getattr(i, name, None)
-    inputs = ReportInputs(
-        table_tsv=Path(i.table_tsv),
-        table_md=_opt(get("table_md")),
-        summary_tsv=Path(i.summary),
-        per_case_tsv=Path(i.per_case),
-        qc_json=Path(i.qc_json),
-        qc_md=_opt(get("qc_md")),
-        splits_json=Path(i.splits),
-        manifest_json=Path(i.manifest),
-        histories=[Path(p) for p in i.histories],
-        environments=[Path(p) for p in i.environments],
-        emissions=[Path(p) for p in i.emissions],
-        interrater_tsv=_opt(get("interrater")),
-        dome_json=_opt(get("dome")),
-        mlflow_json=_opt(get("mlflow")),
-        bioimageio_zip=_opt(get("bioimageio")),
-        predictions_dir=_opt(get("predictions")),
-        configfiles=list(snakemake.params.configfiles),
-    )
-    build_report(inputs, cfg, snakemake.output.html)
 
 
 def cli(argv: list[str]) -> int:

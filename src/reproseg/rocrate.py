@@ -653,11 +653,6 @@ def validate_crate(
 # ----------------------------------------------------------------------------- adapters
 
 
-def run_rocrate_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: the workdir is the current directory, the repo is the workflow's."""
-    make_crate(cfg, Path.cwd(), snakemake.params.repo, snakemake.output.json, snakemake.output.zip)
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg rocrate``: write (and optionally validate) the run's Workflow Run RO-Crate."""
     p = argparse.ArgumentParser(prog="reproseg rocrate", description=cli.__doc__)

@@ -318,11 +318,6 @@ def run_split(
     return splits
 
 
-def split_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: inputs manifest, qc; output splits."""
-    run_split(snakemake.input.manifest, snakemake.input.qc, snakemake.output.splits, cfg.split)
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg split --manifest M [--qc Q] --out splits.json [--config C]``."""
     parser = argparse.ArgumentParser(prog="reproseg split", description=cli.__doc__)

@@ -524,38 +524,13 @@ def _save_checkpoint(
     save_torch(path, state)
 
 
-def _stop_after_env() -> int | None:
+def stop_after_env() -> int | None:
     value = os.environ.get(STOP_ENV, "").strip()
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{STOP_ENV} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def train_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: one (model, fold, seed) job; threads from the rule's ``threads:``."""
-    out = snakemake.output
-    outputs = TrainOutputs(
-        Path(out.model),
-        Path(out.history),
-        Path(out.preprocessing),
-        Path(out.environment),
-        Path(out.emissions),
-        Path(out.curve),
-    )
-    w = snakemake.wildcards
-    train_model(
-        snakemake.input.manifest,
-        snakemake.input.splits,
-        outputs,
-        cfg,
-        w.model,
-        int(w.fold),
-        int(w.seed),
-        threads=int(snakemake.threads),
-        max_steps=_stop_after_env(),
-    )
 
 
 def cli(argv: list[str]) -> int:
@@ -594,8 +569,9 @@ def cli(argv: list[str]) -> int:
             args.fold,
             args.seed,
             threads=args.threads,
-            max_steps=args.max_steps or _stop_after_env(),
+            max_steps=args.max_steps or stop_after_env(),
             track_emissions=not args.no_emissions,
+            preprocessed=args.preprocessed,
         )
     except (ValueError, TrainingStopped) as exc:
         log.error("%s", exc)

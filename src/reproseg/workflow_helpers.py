@@ -1,4 +1,4 @@
-"""Small helpers that the Snakemake rules call at DAG-construction time.
+"""Small helpers for the Snakemake rules (at DAG-construction time) and their scripts.
 
 Kept in the library (not in .smk files) so they are typed and unit-tested.
 """
@@ -8,6 +8,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import Any
+
+from reproseg.config import Config
+
+__all__ = ["code_hash", "step_config"]
 
 
 def code_hash(*modules: str) -> str:
@@ -24,3 +29,15 @@ def code_hash(*modules: str) -> str:
         h.update(name.encode())
         h.update(Path(spec.origin).read_bytes())
     return h.hexdigest()[:16]
+
+
+def step_config(**sections: Any) -> Config:
+    """The typed config a step runs with, built from the config sections its rule passes.
+
+    Each rule passes only the sections its step reads as ``params:`` (so that Snakemake's
+    params-change detection reruns exactly the jobs whose settings changed), and its
+    script builds the step's :class:`~reproseg.config.Config` from them with this
+    function. Sections a rule does not pass keep their defaults: a step that starts
+    reading another section must have it added to its rule's ``params:``. Unknown keys
+    and invalid values are errors, as in the config file."""
+    return Config.model_validate(sections)

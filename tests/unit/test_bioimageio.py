@@ -15,6 +15,7 @@ from reproseg.config import ModelConfig
 from reproseg.io import load_nifti
 from reproseg.models import build_model
 from reproseg.publish import bioimageio as bio
+from reproseg.publish.common import RunFiles
 from tests.services.fake_run import make_fake_run, tiny_config
 
 
@@ -28,7 +29,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     torch.set_num_threads(1)
     run_dir = make_fake_run(tmp_path_factory.mktemp("bio_run"), tiny_config())
     out = run_dir / "results/publish/bioimageio/fake-run.zip"
-    result = bio.export_bioimageio(tiny_config(), run_dir, out, out.with_suffix(".test.json"))
+    files = RunFiles.from_layout(tiny_config(), run_dir)
+    result = bio.export_bioimageio(tiny_config(), files, out, out.with_suffix(".test.json"))
     return run_dir, result
 
 

@@ -17,6 +17,7 @@ import torch
 
 from reproseg.io import load_nifti, read_json
 from reproseg.publish import mlflow as pub
+from reproseg.publish.common import RunFiles
 from tests.services.fake_run import make_fake_run, tiny_config
 from tests.services.mlflow_server import MlflowServer, start_mlflow_server
 
@@ -48,7 +49,10 @@ def published(server: MlflowServer, run_dir: Path) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", server.url)
         return pub.publish_mlflow(
-            tiny_config(), run_dir, run_dir / "results/publish/mlflow.json", lock_file=LOCK
+            tiny_config(),
+            RunFiles.from_layout(tiny_config(), run_dir),
+            run_dir / "results/publish/mlflow.json",
+            lock_file=LOCK,
         )
 
 
@@ -133,7 +137,7 @@ def test_publishing_again_creates_nothing(
     runs_before = len(client.search_runs([exp.experiment_id]))
     again = pub.publish_mlflow(
         tiny_config(),
-        run_dir,
+        RunFiles.from_layout(tiny_config(), run_dir),
         run_dir / "results/publish/mlflow.json",
         LOCK,
         tracking_uri=server.url,
@@ -152,7 +156,8 @@ def test_ensemble_is_the_mean_of_the_folds(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tiny_config(mlflow={"final_model": "ensemble", "registered_model": "ens"})
     run_dir = make_fake_run(tmp_path, cfg)
-    record = pub.publish_mlflow(cfg, run_dir, run_dir / "results/publish/mlflow.json", LOCK)
+    files = RunFiles.from_layout(cfg, run_dir)
+    record = pub.publish_mlflow(cfg, files, run_dir / "results/publish/mlflow.json", LOCK)
     db = (run_dir / "results/mlflow/mlflow.db").resolve()
     assert record["tracking_uri"] == f"sqlite:///{db}"
     assert record["final_model"]["members"] == ["unet/fold0/seed0", "unet/fold1/seed0"]
@@ -180,7 +185,12 @@ def test_missing_outputs_are_named(tmp_path: Path) -> None:
     run_dir = make_fake_run(tmp_path, cfg)
     (run_dir / "results/eval/unet/fold1/seed0/metrics.tsv").unlink()
     with pytest.raises(ValueError, match="fold1/seed0/metrics.tsv"):
-        pub.publish_mlflow(cfg, run_dir, tmp_path / "out.json", tracking_uri="sqlite:///:memory:")
+        pub.publish_mlflow(
+            cfg,
+            RunFiles.from_layout(cfg, run_dir),
+            tmp_path / "out.json",
+            tracking_uri="sqlite:///:memory:",
+        )
 
 
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,6 @@ import gzip
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from helpers.make_msd import make_case, make_defective_msd_dataset
 from reproseg.config import Config
 from reproseg.io import save_nifti
 from reproseg.manifest import build_manifest, describe_case, write_manifest
-from reproseg.qc import run_qc, run_qc_step
+from reproseg.qc import run_qc, run_qc_keeping_reports
 from reproseg.sources.base import CaseRecord
 
 
@@ -297,13 +296,8 @@ def test_all_problems_are_collected(ds: Dataset, tmp_path: Path) -> None:
 def test_step_keeps_reports_next_to_log(ds: Dataset, tmp_path: Path) -> None:
     _empty_label(ds)
     out = tmp_path / "results" / "qc"
-    smk = SimpleNamespace(
-        input=SimpleNamespace(manifest=str(ds.write())),
-        output=SimpleNamespace(inputs=str(out / "inputs.tsv")),
-        log=[str(tmp_path / "logs" / "qc" / "qc.log")],
-    )
     with pytest.raises(ValueError, match="foreground"):
-        run_qc_step(smk, Config())
+        run_qc_keeping_reports(ds.write(), Config(), out, tmp_path / "logs" / "qc")
     for name in ("inputs.tsv", "qc.json", "qc.md"):
         assert (tmp_path / "logs" / "qc" / name).read_text(encoding="utf-8") == (
             out / name

@@ -31,7 +31,7 @@ PREDICTION_DIRS = train_jobs(layout.PREDICTIONS) + expand(
 
 rule evaluate:
     input:
-        model=layout.MODEL,
+        models=[layout.MODEL],
         manifest=layout.MANIFEST,
         splits=layout.SPLITS,
     output:
@@ -50,6 +50,7 @@ rule evaluate:
     params:
         evaluate=CFG.evaluate.model_dump(),
         labels=CFG.labels,
+        foreground_name=CFG.foreground_name,
         code=EVAL_CODE,
     script:
         "../../scripts/evaluate.py"
@@ -76,9 +77,10 @@ rule evaluate_ensemble:
     params:
         evaluate=CFG.evaluate.model_dump(),
         labels=CFG.labels,
+        foreground_name=CFG.foreground_name,
         code=EVAL_CODE,
     script:
-        "../../scripts/evaluate_ensemble.py"
+        "../../scripts/evaluate.py"
 
 
 rule evaluate_baseline:
@@ -103,6 +105,7 @@ rule evaluate_baseline:
     params:
         evaluate=CFG.evaluate.model_dump(),
         labels=CFG.labels,
+        foreground_name=CFG.foreground_name,
         code=code_hash("reproseg.evaluate", "reproseg.metrics", "reproseg.baselines"),
     script:
         "../../scripts/evaluate_baseline.py"
@@ -128,6 +131,7 @@ rule interrater:
     params:
         evaluate=CFG.evaluate.model_dump(),
         labels=CFG.labels,
+        foreground_name=CFG.foreground_name,
         code=code_hash("reproseg.raters", "reproseg.metrics"),
     script:
         "../../scripts/interrater.py"

@@ -2,7 +2,7 @@
 # RAS and write the checksummed manifest. Raw files live under results/data/raw; they are
 # not a declared output so that a failed run keeps the cases already fetched (the manifest
 # lists and hashes exactly the files used, and QC verifies the hashes).
-from reproseg.ingest import ingest_modules, source_description
+from reproseg.ingest import ingest_modules
 
 if CFG.source.kind == "omero":
     from reproseg.sources.omero import required_envvars as omero_required_envvars
@@ -27,7 +27,8 @@ rule ingest:
         mem_mb=4000,
         runtime=60,
     params:
-        source=source_description(CFG),
+        # only the active source's settings: editing another source's block reruns nothing
+        source=CFG.source.model_dump(include={"kind", CFG.source.kind}),
         labels=CFG.labels,
         label_target=CFG.train.label_target,
         code=code_hash(*ingest_modules(CFG)),

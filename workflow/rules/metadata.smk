@@ -24,7 +24,6 @@ rule metadata:
         mem_mb=1000,
         runtime=5,
     params:
-        metadata=CFG.metadata.model_dump(),
         config=CFG.model_dump(mode="json"),
         code=code_hash("reproseg.metadata"),
     script:

@@ -8,22 +8,28 @@
 LOCK_FILE = str(REPO / "requirements.lock")
 
 
-# Training and evaluation outputs both publishing rules read (the ensemble's test metrics
-# only when the ensemble is the published model).
+# Training and evaluation outputs both publishing rules read, named as the fields of
+# reproseg.publish.common.RunFiles (the ensemble's test metrics only when the ensemble is
+# the published model). The steps read these files and nothing else.
 PUBLISH_INPUTS = {
     "models": train_jobs(layout.MODEL),
     "histories": train_jobs(layout.HISTORY),
+    "curves": train_jobs(layout.CURVE),
+    "preprocessing": train_jobs(layout.PREPROCESSING),
     "environments": train_jobs(layout.ENVIRONMENT),
+    "emissions": train_jobs(layout.EMISSIONS),
     "metrics": train_jobs(layout.METRICS),
-    "ensemble": (
+    "ensemble_metrics": (
         expand(layout.ENSEMBLE_METRICS, model=MODELS, seed=SEEDS)
         if CFG.publish.mlflow.final_model == "ensemble"
         else []
     ),
-    "summary": layout.SUMMARY_JSON,
-    "table": layout.TABLE_MD,
+    "summary_json": layout.SUMMARY_JSON,
+    "summary_tsv": layout.SUMMARY,
+    "table_md": layout.TABLE_MD,
+    "table_tsv": layout.TABLE_TSV,
     "splits": layout.SPLITS,
-    "manifest": layout.MANIFEST_JSON,
+    "manifest_json": layout.MANIFEST_JSON,
     "manifest_tsv": layout.MANIFEST,
 }
 
@@ -45,8 +51,8 @@ rule publish_mlflow:
         mem_mb=4000,
         runtime=30,
     params:
-        mlflow=CFG.publish.mlflow.model_dump(),
-        run_name=CFG.run_name,
+        # the whole config: MLflow logs it as the runs' parameters
+        config=CFG.model_dump(mode="json"),
         code=code_hash("reproseg.publish.mlflow", "reproseg.publish.common"),
     script:
         "../../scripts/publish_mlflow.py"
@@ -70,9 +76,8 @@ rule export_bioimageio:
         mem_mb=4000,
         runtime=30,
     params:
-        bioimageio=CFG.publish.bioimageio.model_dump(),
-        final_model=CFG.publish.mlflow.final_model,
-        metadata=CFG.metadata.model_dump(),
+        # the whole config: the model card describes data, training and evaluation
+        config=CFG.model_dump(mode="json"),
         code=code_hash("reproseg.publish.bioimageio", "reproseg.publish.common"),
     script:
         "../../scripts/export_bioimageio.py"

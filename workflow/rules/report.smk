@@ -2,30 +2,31 @@
 # it: the crate contains the report. MLflow / BioImage.IO inputs follow the publish flags.
 
 
-# Named inputs of the report; the optional ones only when their step is enabled.
+# Named inputs of the report (named as reproseg.report.ReportInputs' fields); the optional
+# ones only when their step is enabled.
 REPORT_INPUTS = {
     "table_tsv": layout.TABLE_TSV,
     "table_md": layout.TABLE_MD,
-    "summary": layout.SUMMARY,
-    "per_case": layout.PER_CASE,
-    "interrater": layout.INTERRATER,
+    "summary_tsv": layout.SUMMARY,
+    "per_case_tsv": layout.PER_CASE,
+    "interrater_tsv": layout.INTERRATER,
     "qc_json": layout.QC_JSON,
     "qc_md": layout.QC_MD,
-    "splits": layout.SPLITS,
-    "manifest": layout.MANIFEST_JSON,
-    "dome": layout.DOME_JSON,
+    "splits_json": layout.SPLITS,
+    "manifest_json": layout.MANIFEST_JSON,
+    "dome_json": layout.DOME_JSON,
     "histories": train_jobs(layout.HISTORY),
     "environments": train_jobs(layout.ENVIRONMENT),
     "emissions": train_jobs(layout.EMISSIONS),
     # overlays: test-set predictions of the first model, first fold, first seed
-    "predictions": layout.fill(
+    "predictions_dir": layout.fill(
         layout.PREDICTIONS, model=MODELS[0], fold=FOLDS[0], seed=SEEDS[0]
     ),
 }
 if CFG.publish.mlflow.enabled:
-    REPORT_INPUTS["mlflow"] = layout.MLFLOW_RECORD
+    REPORT_INPUTS["mlflow_json"] = layout.MLFLOW_RECORD
 if CFG.publish.bioimageio.enabled:
-    REPORT_INPUTS["bioimageio"] = layout.fill(
+    REPORT_INPUTS["bioimageio_zip"] = layout.fill(
         layout.BIOIMAGEIO_ZIP, run_name=CFG.run_name
     )
 

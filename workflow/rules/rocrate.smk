@@ -32,7 +32,7 @@ rule rocrate:
         runtime=15,
     params:
         repo=str(REPO),
-        metadata=CFG.metadata.model_dump(),
+        config=CFG.model_dump(mode="json"),
         code=code_hash("reproseg.rocrate"),
     script:
         "../../scripts/rocrate.py"

@@ -40,6 +40,7 @@ import torch
 import yaml
 
 import reproseg
+from reproseg import layout
 from reproseg.artifacts import ModelFile
 from reproseg.config import Config, ModelConfig, load_config
 from reproseg.io import (
@@ -55,6 +56,7 @@ from reproseg.logs import get_logger
 from reproseg.publish.common import (
     FinalModel,
     Job,
+    RunFiles,
     check_job_files,
     choose_final_model,
 )
@@ -111,13 +113,13 @@ def _size_divisor(cfg: ModelConfig) -> int:
 
 
 def _test_volume(
-    results: Path, splits: dict[str, Any], divisor: int, max_side: int = 64
+    files: RunFiles, splits: dict[str, Any], divisor: int, max_side: int = 64
 ) -> tuple[np.ndarray, str]:
     """A held-out test image, centre-cropped to multiples of ``divisor`` (<= max_side)."""
-    manifest = read_tsv(results / "data" / "manifest.tsv")
+    manifest = read_tsv(files.manifest_tsv)
     cases = list(splits.get("test", {}).get("cases", [])) or list(manifest["case_id"])
     row = manifest[manifest["case_id"] == cases[0]].iloc[0]
-    image, _ = load_nifti(results.parent / str(row["image"]), dtype=np.float32)
+    image, _ = load_nifti(files.workdir / str(row["image"]), dtype=np.float32)
     if image.ndim == 4:
         image = image[..., 0]
     side = [max(divisor, min(max_side, s) // divisor * divisor) for s in image.shape]
@@ -162,15 +164,15 @@ def _readme(
     final: FinalModel,
     job: Job,
     ckpt: dict[str, Any],
-    results: Path,
+    files: RunFiles,
     case_id: str,
     out_channels: int,
 ) -> str:
     """Model card: what it does, how to use it, axis convention, training and validation."""
-    table = results / "eval" / "table.md"
+    table = files.table_md
     table_md = (
         table.read_text(encoding="utf-8").strip()
-        if table.is_file()
+        if table is not None and table.is_file()
         else "(no results table was found)"
     )
     pre = ckpt["preprocessing"]
@@ -234,10 +236,10 @@ Trained on {"synthetic" if cfg.source.kind == "synthetic" else "a small set of"}
 """
 
 
-def _training_data_md(cfg: Config, results: Path, splits: dict[str, Any]) -> str:
+def _training_data_md(cfg: Config, files: RunFiles, splits: dict[str, Any]) -> str:
     """Dataset card of the training data: source, size, hashes and the split."""
-    manifest = read_tsv(results / "data" / "manifest.tsv")
-    manifest_sha = read_json(results / "data" / "manifest.json").get("manifest_sha256")
+    manifest = read_tsv(files.manifest_tsv)
+    manifest_sha = read_json(files.manifest_json).get("manifest_sha256")
     return f"""# {cfg.metadata.title}
 
 {cfg.metadata.description}
@@ -255,7 +257,7 @@ def _bioimageio_config(
     final: FinalModel,
     job: Job,
     ckpt: dict[str, Any],
-    results: Path,
+    files: RunFiles,
     n_params: int,
 ) -> dict[str, Any]:
     """``config``: training details, evaluation records, energy, and ReproSeg provenance."""
@@ -302,8 +304,8 @@ def _bioimageio_config(
     source_url = _dataset_url(cfg)
     if evaluation and source_url:
         bio["evaluations"] = [{**evaluation, "dataset_source": source_url}]
-    splits = read_json(results / "splits" / "splits.json")
-    manifest = read_json(results / "data" / "manifest.json")
+    splits = read_json(files.splits)
+    manifest = read_json(files.manifest_json)
     return {
         "bioimageio": bio,
         "reproseg": {
@@ -395,13 +397,14 @@ def _write_tif(path: Path, array: np.ndarray) -> None:
     tifffile.imwrite(path, array)
 
 
-def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
-    """Write every file of the package and ``rdf.yaml`` into ``package_dir``; return rdf.yaml."""
+def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
+    """Write every file of the package and ``rdf.yaml`` into ``package_dir``; return rdf.yaml.
+
+    ``files`` are the export rule's declared inputs: nothing else is read."""
     from reproseg.data import preprocess_image
     from reproseg.models import count_parameters
 
-    results = Path(workdir).resolve() / "results"
-    final = choose_final_model(cfg, results)
+    final = choose_final_model(cfg, files.jobs())
     check_job_files(final.members)
     # One network per package: the best single job (within the chosen ensemble if any).
     job = (
@@ -424,9 +427,9 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
     net_zyx.load_state_dict(to_zyx_state_dict(net.state_dict()), strict=True)
     net_zyx.eval()
 
-    splits = read_json(results / "splits" / "splits.json")
+    splits = read_json(files.splits)
     divisor = _size_divisor(model_cfg)
-    volume_xyz, case_id = _test_volume(results, splits, divisor)
+    volume_xyz, case_id = _test_volume(files, splits, divisor)
     with torch.no_grad():
         x = torch.from_numpy(preprocess_image(volume_xyz, ckpt["preprocessing"])[None, None])
         probs_xyz = torch.softmax(net(x), dim=1).numpy()
@@ -464,9 +467,9 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
     traced.save(str(put("weights_zyx.torchscript.pt")))
     _cover(test_input[0, 0], test_output[0], put("cover.png"), n_out, cfg.metadata.modality)
     put("README.md").write_text(
-        _readme(cfg, final, job, ckpt, results, case_id, n_out), encoding="utf-8"
+        _readme(cfg, final, job, ckpt, files, case_id, n_out), encoding="utf-8"
     )
-    put("training_data.md").write_text(_training_data_md(cfg, results, splits), encoding="utf-8")
+    put("training_data.md").write_text(_training_data_md(cfg, files, splits), encoding="utf-8")
 
     pre = ckpt["preprocessing"]
     torch_version = torch.__version__.split("+")[0]
@@ -503,7 +506,7 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
             "name": cfg.metadata.title[:128],
             "description": f"{cfg.metadata.description} Imaging: {cfg.metadata.imaging_method}; "
             f"organism: {cfg.metadata.organism}; manifest sha256 "
-            f"{read_json(results / 'data' / 'manifest.json').get('manifest_sha256')}.",
+            f"{read_json(files.manifest_json).get('manifest_sha256')}.",
             "license": cfg.metadata.license,
             "authors": [{"name": a} for a in cfg.publish.bioimageio.authors],
             "cite": _citations(cfg)[len(CITATIONS) :] or CITATIONS,
@@ -581,7 +584,7 @@ def build_package(cfg: Config, workdir: Path, package_dir: Path) -> Path:
                 "parent": "pytorch_state_dict",
             },
         },
-        "config": _bioimageio_config(cfg, final, job, ckpt, results, count_parameters(net)),
+        "config": _bioimageio_config(cfg, final, job, ckpt, files, count_parameters(net)),
     }
     rdf_path = package_dir / "rdf.yaml"
     rdf_path.write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -615,7 +618,7 @@ def validate_package(source: Path) -> dict[str, Any]:
 
 
 def export_bioimageio(
-    cfg: Config, workdir: Path, out_zip: Path, summary_json: Path | None = None
+    cfg: Config, files: RunFiles, out_zip: Path, summary_json: Path | None = None
 ) -> dict[str, Any]:
     """Build, package, check and validate the model; write ``out_zip`` and the folder next to it.
 
@@ -628,7 +631,7 @@ def export_bioimageio(
     out_zip = Path(out_zip)
     folder = out_zip.with_suffix("")
     with tempfile.TemporaryDirectory(prefix="reproseg-bioimageio-") as tmp:
-        rdf = build_package(cfg, workdir, Path(tmp) / "package")
+        rdf = build_package(cfg, files, Path(tmp) / "package")
         with atomic_path(out_zip) as tmp_zip:
             save_bioimageio_package(rdf, output_path=tmp_zip)
             members = check_zip_members(tmp_zip)
@@ -648,14 +651,6 @@ def export_bioimageio(
     }
 
 
-def export_bioimageio_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: the working directory is the parent of results/."""
-    manifest = Path(snakemake.input.manifest).resolve()
-    workdir = manifest.parents[2]  # <workdir>/results/data/manifest.json
-    summary = Path(snakemake.output.test) if hasattr(snakemake.output, "test") else None
-    export_bioimageio(cfg, workdir, Path(snakemake.output.zip), summary)
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg export-bioimageio``: package the run's final model and test it offline."""
     parser = argparse.ArgumentParser(prog="reproseg export-bioimageio", description=cli.__doc__)
@@ -669,8 +664,9 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     out = Path(
-        args.out or Path(args.workdir) / "results/publish/bioimageio" / f"{cfg.run_name}.zip"
+        args.out or Path(args.workdir) / layout.fill(layout.BIOIMAGEIO_ZIP, run_name=cfg.run_name)
     )
-    result = export_bioimageio(cfg, Path(args.workdir), out, out.with_suffix(".test.json"))
+    files = RunFiles.from_layout(cfg, args.workdir)
+    result = export_bioimageio(cfg, files, out, out.with_suffix(".test.json"))
     print(json.dumps({k: v for k, v in result.items() if k != "members"}, indent=2))
     return 0

@@ -10,8 +10,10 @@ test set, so publishing does not leak test information into model choice.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,120 @@ def training_jobs(cfg: Config, results: Path) -> list[Job]:
         for fold in range(cfg.split.k)
         for seed in cfg.train.seeds
     ]
+
+
+def _paths(paths: Iterable[str | Path]) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in paths)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files a publishing step reads: the inputs its rule declares, and nothing else.
+
+    The Snakemake scripts build it from ``snakemake.input``; the command-line tools build
+    the same from the run layout (:meth:`from_layout`). The training jobs are the declared
+    ``model.pt`` files (:meth:`jobs`), and every file of a job that a publisher reads must
+    be declared too."""
+
+    workdir: Path
+    """Snakemake's working directory: the manifest's image paths are relative to it."""
+    models: tuple[Path, ...]
+    histories: tuple[Path, ...]
+    preprocessing: tuple[Path, ...]
+    environments: tuple[Path, ...]
+    emissions: tuple[Path, ...]
+    metrics: tuple[Path, ...]
+    manifest_tsv: Path
+    manifest_json: Path
+    splits: Path
+    summary_json: Path
+    ensemble_metrics: tuple[Path, ...] = ()
+    summary_tsv: Path | None = None
+    table_md: Path | None = None
+    table_tsv: Path | None = None
+
+    @classmethod
+    def from_inputs(cls, workdir: str | Path, **inputs: Any) -> RunFiles:
+        """From a publishing rule's named inputs (``snakemake.input``, as keyword arguments).
+
+        Other named inputs (the training curves, the lock file) are passed to the publisher
+        on their own or read next to the declared model files."""
+        many = ("models", "histories", "preprocessing", "environments", "emissions", "metrics")
+        one = ("manifest_tsv", "manifest_json", "splits", "summary_json")
+        optional = ("summary_tsv", "table_md", "table_tsv")
+        missing = [k for k in (*many, *one) if k not in inputs]
+        if missing:
+            raise ValueError(f"publishing inputs: {missing} not declared by the rule")
+        return cls(
+            workdir=Path(workdir),
+            **{k: _paths(inputs[k]) for k in many},
+            **{k: Path(inputs[k]) for k in one},
+            ensemble_metrics=_paths(inputs.get("ensemble_metrics", ())),
+            **{k: Path(inputs[k]) if inputs.get(k) else None for k in optional},
+        )
+
+    @classmethod
+    def from_layout(cls, cfg: Config, workdir: str | Path) -> RunFiles:
+        """Every file of the config's run under ``workdir`` (for the command-line tools)."""
+        wd = Path(workdir)
+        jobs = [j.wildcards for j in training_jobs(cfg, wd / layout.RESULTS)]
+
+        def each(pattern: str) -> tuple[Path, ...]:
+            return tuple(wd / layout.fill(pattern, **wc) for wc in jobs)
+
+        ensembles = sorted({(str(wc["model"]), int(str(wc["seed"]))) for wc in jobs})
+        return cls(
+            workdir=wd,
+            models=each(layout.MODEL),
+            histories=each(layout.HISTORY),
+            preprocessing=each(layout.PREPROCESSING),
+            environments=each(layout.ENVIRONMENT),
+            emissions=each(layout.EMISSIONS),
+            metrics=each(layout.METRICS),
+            ensemble_metrics=tuple(
+                wd / layout.fill(layout.ENSEMBLE_METRICS, model=m, seed=s) for m, s in ensembles
+            ),
+            manifest_tsv=wd / layout.MANIFEST,
+            manifest_json=wd / layout.MANIFEST_JSON,
+            splits=wd / layout.SPLITS,
+            summary_json=wd / layout.SUMMARY_JSON,
+            summary_tsv=wd / layout.SUMMARY,
+            table_md=wd / layout.TABLE_MD,
+            table_tsv=wd / layout.TABLE_TSV,
+        )
+
+    def jobs(self) -> list[Job]:
+        """The training jobs of the declared ``model.pt`` files, in their declared order.
+
+        Raises ValueError naming a file of a job (history, metrics...) that is not declared:
+        a publisher must not read what its rule does not list."""
+        declared = {
+            p.resolve()
+            for p in (
+                *self.models,
+                *self.histories,
+                *self.preprocessing,
+                *self.environments,
+                *self.emissions,
+                *self.metrics,
+            )
+        }
+        jobs = []
+        for model_pt in self.models:
+            wc = layout.match(layout.MODEL, model_pt)
+            if wc is None:
+                raise ValueError(f"{model_pt}: not a {layout.MODEL} file of the run layout")
+            job = Job(
+                wc["model"],
+                int(wc["fold"]),
+                int(wc["seed"]),
+                layout.results_of(layout.MODEL, model_pt),
+            )
+            for path in [*(job.model_dir / name for name in JOB_FILES), job.metrics_tsv]:
+                if path.resolve() not in declared:
+                    raise ValueError(f"{path}: read for publishing but not an input of the rule")
+            jobs.append(job)
+        return jobs  # the declared order (model, fold, seed): choose_final_model's tie-break
 
 
 def check_job_files(jobs: list[Job]) -> None:
@@ -119,9 +235,10 @@ class FinalModel:
         return first.metrics_tsv
 
 
-def choose_final_model(cfg: Config, results: Path) -> FinalModel:
-    """Pick the published model by validation Dice only (see the module docstring)."""
-    jobs = training_jobs(cfg, results)
+def choose_final_model(cfg: Config, jobs: list[Job]) -> FinalModel:
+    """Pick the published model among ``jobs`` by validation Dice only (module docstring)."""
+    if not jobs:
+        raise ValueError("no training job to publish")
     scores = {job.key: validation_dice(job) for job in jobs}
     if cfg.publish.mlflow.final_model == "best_fold":
         # max() keeps the first of equal scores: a stable, documented tie-break.

@@ -62,10 +62,10 @@ from reproseg.publish.common import (
     OPTIONAL_JOB_FILES,
     FinalModel,
     Job,
+    RunFiles,
     check_job_files,
     choose_final_model,
     metric_means,
-    training_jobs,
 )
 
 # MLflow otherwise contacts a telemetry host at import; users can still opt in explicitly.
@@ -440,14 +440,14 @@ def _write_weights(final: FinalModel, path: Path, run_key: str) -> None:
     )
 
 
-def _input_example(cfg: Config, results: Path, splits: dict[str, Any]) -> np.ndarray:
+def _input_example(files: RunFiles, splits: dict[str, Any]) -> np.ndarray:
     """A small real input: centre crop (<= 32 voxels a side) of the first test-set image."""
     from reproseg.io import load_nifti
 
-    manifest = read_tsv(results / "data" / "manifest.tsv")
+    manifest = read_tsv(files.manifest_tsv)
     cases = list(splits.get("test", {}).get("cases", [])) or list(manifest["case_id"])
     row = manifest[manifest["case_id"] == cases[0]].iloc[0]
-    image, _ = load_nifti(results.parent / row["image"], dtype=np.float32)
+    image, _ = load_nifti(files.workdir / row["image"], dtype=np.float32)
     side = [min(s, 32) for s in image.shape]
     start = [(s - c) // 2 for s, c in zip(image.shape, side)]
     crop = image[tuple(slice(b, b + c) for b, c in zip(start, side))]
@@ -522,32 +522,31 @@ def _log_final_model(
 
 def publish_mlflow(
     cfg: Config,
-    workdir: Path,
+    files: RunFiles,
     out_json: Path,
     lock_file: Path | None = None,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Publish the run found under ``workdir/results`` to MLflow and write ``out_json``.
+    """Publish the run's ``files`` (its rule's declared inputs) to MLflow; write ``out_json``.
 
     Returns the record written to ``out_json``: redacted tracking URI, experiment and run
     ids, registered model name, version, alias and URIs.
     """
     from mlflow import MlflowClient
 
-    workdir = Path(workdir).resolve()
-    results = workdir / "results"
-    jobs = training_jobs(cfg, results)
+    workdir = Path(files.workdir).resolve()
+    jobs = files.jobs()
     check_job_files(jobs)
-    manifest_json = results / "data" / "manifest.json"
-    splits_json = results / "splits" / "splits.json"
-    summary_json = results / "eval" / "summary.json"
-    for path in (manifest_json, splits_json, summary_json, results / "data" / "manifest.tsv"):
+    manifest_json = files.manifest_json
+    splits_json = files.splits
+    summary_json = files.summary_json
+    for path in (manifest_json, splits_json, summary_json, files.manifest_tsv):
         if not path.is_file():
             raise ValueError(f"{path}: missing; needed to publish the run")
     manifest = read_json(manifest_json)
     splits = read_json(splits_json)
     manifest_sha = str(
-        manifest.get("manifest_sha256") or sha256_file(results / "data" / "manifest.tsv")
+        manifest.get("manifest_sha256") or sha256_file(files.manifest_tsv)
     )
     split_sha = str(splits.get("sha256") or sha256_file(splits_json))
     code = code_version(jobs)
@@ -589,7 +588,7 @@ def publish_mlflow(
         log.info("created parent run %s", parent_id)
     _log_params(client, parent_id, config_params)
 
-    final = choose_final_model(cfg, results)
+    final = choose_final_model(cfg, jobs)
     eval_path = final.eval_metrics_tsv
     if not eval_path.is_file():
         raise ValueError(f"{eval_path}: missing evaluation of the final model {final.name}")
@@ -629,14 +628,14 @@ def publish_mlflow(
         artifacts = [
             _Artifact(resolved, "config"),
             _Artifact(manifest_json, "data"),
-            _Artifact(results / "data" / "manifest.tsv", "data"),
+            _Artifact(files.manifest_tsv, "data"),
             _Artifact(splits_json, "splits"),
             _Artifact(summary_json, "eval"),
             _Artifact(final_json, "final_model"),
         ]
-        for optional in ("summary.tsv", "table.md", "table.tsv"):
-            if (results / "eval" / optional).is_file():
-                artifacts.append(_Artifact(results / "eval" / optional, "eval"))
+        for optional in (files.summary_tsv, files.table_md, files.table_tsv):
+            if optional is not None and optional.is_file():
+                artifacts.append(_Artifact(optional, "eval"))
         if lock_file and Path(lock_file).is_file():
             artifacts.append(_Artifact(Path(lock_file), "environment"))
 
@@ -652,7 +651,7 @@ def publish_mlflow(
         _verify_checksum(parent_id, WEIGHTS_ARTIFACT, expected, uri)
         _log_metrics(client, parent_id, [(k, v, 0) for k, v in eval_means.items()])
         if version is None:
-            example = _input_example(cfg, results, splits)
+            example = _input_example(files, splits)
             version = _log_final_model(
                 client, cfg, parent_id, final, weights, example, run_key, eval_means
             )
@@ -799,14 +798,6 @@ def _publish_job(
 # ------------------------------------------------------------------- entry points
 
 
-def publish_mlflow_step(snakemake: Any, cfg: Config) -> None:
-    """Snakemake adapter: results/ is the parent of the manifest's folder's parent."""
-    manifest = Path(snakemake.input.manifest).resolve()
-    workdir = manifest.parents[2]  # <workdir>/results/data/manifest.json
-    lock = Path(snakemake.input.lock) if hasattr(snakemake.input, "lock") else None
-    publish_mlflow(cfg, workdir, Path(snakemake.output.json), lock_file=lock)
-
-
 def cli(argv: list[str]) -> int:
     """``reproseg publish-mlflow``: publish a finished run, or ``--load URI`` to test a model."""
     parser = argparse.ArgumentParser(prog="reproseg publish-mlflow", description=cli.__doc__)
@@ -837,7 +828,11 @@ def cli(argv: list[str]) -> int:
         return 0
     cfg = load_config(args.config)
     record = publish_mlflow(
-        cfg, Path(args.workdir), Path(args.out), Path(args.lock), args.tracking_uri
+        cfg,
+        RunFiles.from_layout(cfg, args.workdir),
+        Path(args.out),
+        Path(args.lock),
+        args.tracking_uri,
     )
     print(json.dumps(record, indent=2, sort_keys=True))
     return 0
