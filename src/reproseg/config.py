@@ -125,7 +125,11 @@ class OmeroSource(_Strict):
     host: str = Field("", description="OMERO server host name.")
     port: int = Field(4064, description="OMERO server port.")
     user: str = Field("", description="User name (may also come from OMERO_USER).")
-    group: str = Field("", description="OMERO group to read from (empty: the user's default).")
+    group: str = Field(
+        "",
+        description="OMERO group to log into (empty: read across all the user's groups; writes "
+        "go to each target's group).",
+    )
     project: int | None = Field(None, description="Select images by Project ID.")
     dataset: int | None = Field(None, description="Select images by Dataset ID.")
     image_ids: list[int] = Field(default_factory=list, description="Select images by Image IDs.")
