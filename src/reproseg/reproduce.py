@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 import yaml
 
+from reproseg.artifacts import ModelFile
 from reproseg.config import load_config
 from reproseg.environment import capture_environment, git_commit
 from reproseg.io import read_json, sha256_file, sha256_json, write_json, write_text
@@ -423,8 +424,8 @@ def _compare_splits(a: Path, b: Path) -> Check:
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
+    """The weights of a model file, read and checked by :class:`reproseg.artifacts.ModelFile`."""
+    return ModelFile.load(path).state_dict
 
 
 def _compare_weights(a: Path, b: Path) -> Check:
