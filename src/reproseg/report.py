@@ -40,7 +40,7 @@ from reproseg.config import Config, load_config
 from reproseg.dome import environment_facts
 from reproseg.io import load_nifti, read_json, read_tsv, write_text
 from reproseg.logs import get_logger
-from reproseg.rocrate import secret_values
+from reproseg.secrets import secret_values
 
 log = get_logger("report")
 

@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,9 @@ from typing import Any
 from reproseg.config import Config, load_config
 from reproseg.io import atomic_path, sha256_file, write_text
 from reproseg.logs import get_logger
+from reproseg.secrets import scan_for_secrets, secret_values
 
 log = get_logger("rocrate")
-
-#: Environment variables whose values must never appear in a published file.
-SECRET_ENV_VARS = (
-    "OMERO_PASSWORD",
-    "OMERO_SESSION_KEY",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "AWS_SECRET_ACCESS_KEY",
-)
 
 #: Profiles the crate conforms to (checked by roc-validator in the tests).
 PROFILES = {
@@ -232,40 +224,6 @@ def jobs_from_layout(cfg: Config, workdir: str | Path) -> list[Job]:
         times = [(wd / p).stat().st_mtime for p in j.outputs]
         j.start, j.end = min(times), max(times)
     return jobs
-
-
-# ----------------------------------------------------------------------------- secrets
-
-
-#: Shorter values are not scanned: they match ordinary text (and real credentials are longer).
-MIN_SECRET_LENGTH = 8
-
-
-def secret_values(names: Sequence[str] = SECRET_ENV_VARS) -> dict[str, str]:
-    """The credential environment variables that are set (values of MIN_SECRET_LENGTH+ chars)."""
-    return {n: os.environ[n] for n in names if len(os.environ.get(n, "")) >= MIN_SECRET_LENGTH}
-
-
-def scan_for_secrets(files: Iterable[Path], secrets: dict[str, str] | None = None) -> None:
-    """Raise ValueError naming the file (and the variable, never its value) that contains
-    the value of a credential environment variable. Zip archives are scanned member by member."""
-    secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return
-    needles = {n: v.encode() for n, v in secrets.items()}
-
-    def check(data: bytes, where: str) -> None:
-        for name, value in needles.items():
-            if value in data:
-                raise ValueError(f"{where}: contains the value of ${name}; refusing to publish it")
-
-    for f in files:
-        data = Path(f).read_bytes()
-        check(data, str(f))
-        if zipfile.is_zipfile(f):
-            with zipfile.ZipFile(f) as zf:
-                for member in zf.namelist():
-                    check(zf.read(member), f"{f}!{member}")
 
 
 # ----------------------------------------------------------------------------- crate

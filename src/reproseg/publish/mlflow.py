@@ -41,13 +41,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -56,6 +54,7 @@ import yaml
 import reproseg
 from reproseg.artifacts import ModelFile
 from reproseg.config import Config, load_config
+from reproseg.environment import git_commit
 from reproseg.io import read_json, read_tsv, save_torch, sha256_file, sha256_json, write_json
 from reproseg.logs import get_logger
 from reproseg.publish.common import (
@@ -67,6 +66,7 @@ from reproseg.publish.common import (
     choose_final_model,
     metric_means,
 )
+from reproseg.secrets import redact_uri
 
 # MLflow otherwise contacts a telemetry host at import; users can still opt in explicitly.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -96,14 +96,6 @@ def resolve_tracking_uri(cfg: Config, workdir: Path) -> str:
     return f"sqlite:///{db}"
 
 
-def redact_uri(uri: str) -> str:
-    """The URI without user-info or query (``https://user:pw@host/?token=x`` -> ``https://host/``)."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc and not parts.query:
-        return uri  # nothing secret; urlunsplit would also mangle sqlite:////abs/path
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query=""))
-
-
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     """Flatten nested dicts to ``a.b.c`` keys; lists become JSON strings (MLflow params)."""
     out: dict[str, str] = {}
@@ -127,21 +119,6 @@ def code_version(jobs: list[Job]) -> str:
         env = read_json(job.model_dir / "environment.json")
         states.add(json.dumps(env.get("git"), sort_keys=True))
     return sha256_json({"reproseg": reproseg.__version__, "git": sorted(states)})[:16]
-
-
-def git_commit() -> str:
-    """Commit of the checkout the library runs from, or ``unknown`` outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(Path(reproseg.__file__).parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def pipeline_run_key(
@@ -556,7 +533,8 @@ def publish_mlflow(
         "pipeline_run_key": run_key,
         "manifest_sha256": manifest_sha,
         "split_sha256": split_sha,
-        "git_commit": git_commit(),
+        # the checkout publishing now (environment.json of each job has the training one)
+        "git_commit": git_commit()["commit"] or "unknown",
         "code_version": code,
         "env_lock_sha256": lock_sha,
         "reproseg_run_name": cfg.run_name,

@@ -32,6 +32,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from reproseg.config import OmeroSource
 from reproseg.logs import get_logger
+from reproseg.secrets import redact  # the one home of the redaction helpers
 
 __all__ = [
     "RETRY_BACKOFF_S",
@@ -136,14 +137,6 @@ def resolve_credentials(cfg: OmeroSource, env: dict[str, str] | None = None) -> 
                 "source.omero.user: no OMERO user given (set it in the config or OMERO_USER)"
             )
     return Credentials(host, port, user, cfg.group, password=password, session_key=session_key)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret replaced by ``***`` (server messages may echo them)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 class _RedactFilter(logging.Filter):
