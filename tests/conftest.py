@@ -10,12 +10,46 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.helpers.system import system_marker_for, system_skip_to_failure
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the system-test markers (also when this file runs outside the repository)."""
+    for marker, what in [
+        ("slurm", "the local one-node SLURM cluster (tests/slurm/start_local_cluster.sh)"),
+        ("browser", "headless Chromium"),
+        ("mlflow_server", "a local `mlflow server` (tests/services/mlflow_server.py)"),
+    ]:
+        config.addinivalue_line("markers", f"{marker}: system test, needs {what}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the system tests by location, so a skip of any of them is caught (see below)."""
+    for item in items:
+        marker = system_marker_for(item.path, TESTS)
+        if marker is not None and item.get_closest_marker(marker) is None:
+            item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """Under REPROSEG_REQUIRE_SYSTEM_TESTS=1 a skipped system test is a failed one
+    (tests/helpers/system.py): CI must not go green with the SLURM, browser or MLflow
+    server checks silently gone."""
+    outcome = yield
+    system_skip_to_failure(item, outcome.get_result())
 
 
 def snakemake_env() -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reproseg.report import SECTIONS, build_report
+from tests.helpers.system import require_or_skip
 
 from ..unit.fake_run import fake_config, report_inputs
 
@@ -54,10 +55,20 @@ window.addEventListener('load', function () {
 </script>"""
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _chromium() -> None:
+    """Check for Chromium before any other fixture: ``tiny_run`` runs the whole workflow.
+    (Session scope: pytest sets up higher-scoped fixtures first, autouse first within one.)"""
+    if CHROMIUM is None:
+        require_or_skip(
+            "chromium is not installed (Debian package 'chromium'; see tests/system_deps.sh)"
+        )
+
+
 def render(page: Path, tmp: Path) -> tuple[dict, str, Path]:
     """(probe result, dumped DOM, screenshot path) of ``page`` in headless Chromium."""
     if CHROMIUM is None:
-        pytest.skip(
+        require_or_skip(
             "chromium is not installed (Debian package 'chromium'; see tests/system_deps.sh)"
         )
     probed = tmp / "probed.html"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.system import require_or_skip
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -53,7 +55,9 @@ def slurm_cluster() -> Iterator[None]:
     have_packages = shutil.which("slurmctld") is not None and shutil.which("munged") is not None
     if not _can_administer():
         reason = "SLURM packages missing" if not have_packages else "SLURM daemons not running"
-        pytest.skip(f"{reason} and not root (no passwordless sudo): cannot start the local cluster")
+        require_or_skip(
+            f"{reason} and not root (no passwordless sudo): cannot start the local cluster"
+        )
     proc = subprocess.run(
         ["bash", str(HERE / "start_local_cluster.sh")],
         capture_output=True,
