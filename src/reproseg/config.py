@@ -307,6 +307,29 @@ class TrainConfig(_Strict):
     )
 
 
+class ExternalCohort(_Strict):
+    """An external validation cohort (reproseg.external): data from elsewhere that only the
+    final evaluation sees. Its classes may be coarser than the model's; ``projection`` says
+    which model classes make each cohort class (union; one class = a rename) and ``ignore``
+    which model classes the cohort does not label (set to background before the metrics)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$", description="Cohort name (paths, split external:<name>)."
+    )
+    description: str = Field("", description="Where the data come from (DOME record, report).")
+    source: SourceConfig = Field(description="The cohort's data source (kind + its settings).")
+    labels: dict[int, str] = Field(description="The cohort's label map; 0 is background.")
+    projection: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Cohort class name -> model label values merged into it (union; one value "
+        "renames). Empty: cohort classes are the model classes of the same name.",
+    )
+    ignore: list[int] = Field(
+        default_factory=list,
+        description="Model label values the cohort does not label (predicted as background).",
+    )
+
+
 class EvaluateConfig(_Strict):
     nsd_tolerance_mm: float = Field(
         2.0, gt=0, description="Normalised surface Dice tolerance (mm)."
@@ -316,6 +339,11 @@ class EvaluateConfig(_Strict):
         ["threshold_atlas"], description="Classical baselines evaluated on the same folds."
     )
     ensemble: bool = Field(True, description="Also evaluate the fold ensemble on the test set.")
+    external: list[ExternalCohort] = Field(
+        default_factory=list,
+        description="External validation cohorts: ingested, QC'd and evaluated by every model, "
+        "never used for training, selection, statistics or splits.",
+    )
 
 
 class MlflowConfig(_Strict):
@@ -435,12 +463,78 @@ class Config(_Strict):
     def _check_labels(self) -> Config:
         if 0 not in self.labels:
             raise ValueError("labels: the label map must contain 0 (background)")
+        check_external(self.evaluate.external, self.labels)
         return self
 
     @property
     def foreground_labels(self) -> dict[int, str]:
         """Label map without background."""
         return {k: v for k, v in sorted(self.labels.items()) if k != 0}
+
+
+def cohort_projection(cohort: ExternalCohort, labels: dict[int, str]) -> dict[int, int]:
+    """Model label value -> cohort label value of every model foreground class the cohort
+    labels (classes in ``ignore`` are absent: they become background). Raises ``ValueError``
+    naming the cohort and the key for an incomplete or contradictory mapping."""
+    where = f"evaluate.external[{cohort.name}]"
+    if 0 not in cohort.labels:
+        raise ValueError(f"{where}.labels: the label map must contain 0 (background)")
+    cohort_ids = {name: value for value, name in cohort.labels.items() if value != 0}
+    if len(cohort_ids) != len(cohort.labels) - 1:
+        raise ValueError(f"{where}.labels: two label values share a name")
+    model_fg = {v: n for v, n in labels.items() if v != 0}
+    if cohort.projection:
+        projection = cohort.projection
+    else:  # rename by identity of names
+        by_name = {n: v for v, n in model_fg.items()}
+        projection = {n: [by_name[n]] for n in cohort_ids if n in by_name}
+    out: dict[int, int] = {}
+    for name, values in projection.items():
+        if name not in cohort_ids:
+            raise ValueError(
+                f"{where}.projection.{name}: not a foreground class of the cohort's labels "
+                f"{sorted(cohort_ids)}"
+            )
+        if not values:
+            raise ValueError(f"{where}.projection.{name}: empty list of model classes")
+        for value in values:
+            if value not in model_fg:
+                raise ValueError(
+                    f"{where}.projection.{name}: {value} is not a foreground model label "
+                    f"{sorted(model_fg)}"
+                )
+            if value in out:
+                raise ValueError(
+                    f"{where}.projection.{name}: model label {value} is already projected "
+                    "onto another cohort class"
+                )
+            out[value] = cohort_ids[name]
+    for value in cohort.ignore:
+        if value not in model_fg:
+            raise ValueError(f"{where}.ignore: {value} is not a foreground model label")
+        if value in out:
+            raise ValueError(f"{where}.ignore: model label {value} is also projected")
+    missing = sorted(set(model_fg) - set(out) - set(cohort.ignore))
+    if missing:
+        raise ValueError(
+            f"{where}: model labels {missing} ({', '.join(model_fg[v] for v in missing)}) are "
+            "neither projected onto a cohort class (projection) nor ignored (ignore)"
+        )
+    unmatched = sorted(set(cohort_ids) - set(projection))
+    if unmatched:
+        raise ValueError(f"{where}.projection: no model class makes the cohort classes {unmatched}")
+    return out
+
+
+def check_external(cohorts: list[ExternalCohort], labels: dict[int, str]) -> None:
+    """Cohort names are unique and each cohort's projection is complete (see
+    :func:`cohort_projection`)."""
+    seen: set[str] = set()
+    for cohort in cohorts:
+        if cohort.name in seen:
+            raise ValueError(f"evaluate.external: cohort name {cohort.name!r} used twice")
+        seen.add(cohort.name)
+        cohort_projection(cohort, labels)
 
 
 def load_config(path: str | Path | dict[str, Any]) -> Config:
