@@ -954,9 +954,10 @@ def _image(
 # One scan
 # --------------------------------------------------------------------------------------------
 
-#: Output slices rendered at once: bounds memory. Fixed, because the noise is drawn slab by
-#: slab: another value would change the noise bytes (not the anatomy or the label).
-SLAB = 16
+#: Sub-slices rendered at once (a slab holds SLAB // sub_slices output slices): bounds the
+#: memory (about 1.3 GB at 512x512). Fixed, because the noise is drawn slab by slab: another
+#: value would change the noise bytes (not the anatomy or the label).
+SLAB = 40
 
 
 def _label(plan: LabelPlan, c_cls: np.ndarray, c_seg: np.ndarray) -> np.ndarray:
@@ -990,8 +991,9 @@ def render_randomised(
     liver = np.zeros((*full.shape[:2], n), dtype=bool)
     lesion, lung_top = 0, False
     centre = slice((k - 1) // 2, None, k)
-    for j0 in range(0, n, SLAB):
-        j1 = min(n, j0 + SLAB)
+    per_slab = max(1, SLAB // k)
+    for j0 in range(0, n, per_slab):
+        j1 = min(n, j0 + per_slab)
         fr = full.slab(j0 * k, j1 * k)
         cls, depth = _paint_body(patient, fr)
         _paint_thorax(patient, fr, cls, diaphragm)
