@@ -9,9 +9,10 @@ library under ``results/workflow/``, so the crate reruns without the original cl
 that job's inputs (``object``) and outputs (``result``), with start and end times.
 
 Rule executions come from Snakemake's own provenance records (``.snakemake/metadata``:
-one JSON record per output file, with rule, inputs and times). When those are absent (a
-crate built outside Snakemake), jobs are reconstructed from the file layout fixed by
-docs/ARCHITECTURE.md.
+one JSON record per output file, with rule, inputs and times), so the crate lists exactly
+the jobs that ran, whatever rules the workflow has; their wildcards are read back through
+the run layout (:mod:`reproseg.layout`). A run without those records (files made outside
+Snakemake) gets a crate without per-rule actions, and a warning.
 
 Before anything is written every included file and the metadata are scanned for the
 values of the credential environment variables; a hit is an error (a crate is meant to be
@@ -28,11 +29,12 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reproseg import layout
 from reproseg.config import Config, load_config
 from reproseg.io import atomic_path, sha256_file, write_text
 from reproseg.logs import get_logger
@@ -100,7 +102,8 @@ def jobs_from_snakemake_metadata(workdir: str | Path) -> list[Job]:
 
     Snakemake keeps one record per output file; the outputs of one job share the rule,
     inputs and start time, which is how they are grouped back into jobs."""
-    meta_dir = Path(workdir) / ".snakemake" / "metadata"
+    wd = Path(workdir)
+    meta_dir = wd / ".snakemake" / "metadata"
     if not meta_dir.is_dir():
         return []
     grouped: dict[tuple[Any, ...], Job] = {}
@@ -113,6 +116,8 @@ def jobs_from_snakemake_metadata(workdir: str | Path) -> list[Job]:
             continue
         if rec.get("incomplete") or not rec.get("rule"):
             continue
+        if not (wd / out).exists():  # a stale record: the job failed or its output is gone
+            continue
         inputs = sorted(str(i) for i in rec.get("input") or [])
         key = (rec["rule"], rec.get("job_hash"), tuple(inputs))
         job = grouped.setdefault(
@@ -124,106 +129,29 @@ def jobs_from_snakemake_metadata(workdir: str | Path) -> list[Job]:
     jobs = sorted(grouped.values(), key=lambda j: (j.start or 0.0, j.rule, j.outputs))
     for j in jobs:
         j.outputs.sort()
+        j.wildcards = _wildcards(j.outputs)
     return jobs
 
 
-def jobs_from_layout(cfg: Config, workdir: str | Path) -> list[Job]:
-    """Rule executions reconstructed from the contracted file layout (no Snakemake records).
+def _wildcards(outputs: Sequence[str]) -> dict[str, str]:
+    """The job's wildcards, read back from its outputs through the run layout."""
+    for pattern in _WILDCARD_PATTERNS:
+        for out in outputs:
+            wc = layout.match(pattern, out)
+            if wc is not None:
+                return wc
+    return {}
 
-    Only files that exist are listed; times are the files' modification times."""
-    wd = Path(workdir)
 
-    def exist(paths: Iterable[str]) -> list[str]:
-        return sorted(p for p in paths if (wd / p).exists())
-
-    def glob(pattern: str) -> list[str]:
-        return sorted(str(p.relative_to(wd)) for p in wd.glob(pattern))
-
-    jobs = [
-        Job("ingest", [], exist(["results/data/manifest.tsv", "results/data/manifest.json"])),
-        Job(
-            "qc",
-            exist(["results/data/manifest.tsv"]),
-            exist([f"results/qc/{n}" for n in ("inputs.tsv", "qc.json", "qc.md")]),
-        ),
-        Job(
-            "metadata",
-            exist(["results/data/manifest.tsv", "results/qc/qc.json"]),
-            exist(
-                [f"results/metadata/{n}" for n in ("dataset.json", "dataset.tsv", "config.yaml")]
-            ),
-        ),
-        Job("split", exist(["results/data/manifest.tsv"]), exist(["results/splits/splits.json"])),
-    ]
-    for model in cfg.train.models:
-        for fold in range(cfg.split.k):
-            for seed in cfg.train.seeds:
-                d = f"results/models/{model}/fold{fold}/seed{seed}"
-                jobs.append(
-                    Job(
-                        "train",
-                        exist(["results/splits/splits.json", "results/data/manifest.tsv"]),
-                        glob(f"{d}/*"),
-                        wildcards={"model": model, "fold": str(fold), "seed": str(seed)},
-                    )
-                )
-                jobs.append(
-                    Job(
-                        "evaluate",
-                        exist([f"{d}/model.pt", "results/splits/splits.json"]),
-                        glob(f"results/eval/{model}/fold{fold}/seed{seed}/*"),
-                        wildcards={"model": model, "fold": str(fold), "seed": str(seed)},
-                    )
-                )
-    jobs += [
-        Job(
-            "aggregate",
-            glob("results/eval/*/*/*/metrics.tsv") + glob("results/eval/baseline_*/*/metrics.tsv"),
-            exist(
-                [
-                    f"results/eval/{n}"
-                    for n in (
-                        "per_case.tsv",
-                        "summary.tsv",
-                        "summary.json",
-                        "table.md",
-                        "table.tsv",
-                    )
-                ]
-            ),
-        ),
-        Job(
-            "dome",
-            exist(
-                [
-                    "results/splits/splits.json",
-                    "results/eval/summary.json",
-                    "results/data/manifest.json",
-                ]
-            ),
-            exist(["results/metadata/dome.json", "results/metadata/dome.md"]),
-        ),
-        Job(
-            "publish_mlflow",
-            exist(["results/eval/summary.tsv"]),
-            exist(["results/publish/mlflow.json"]),
-        ),
-        Job(
-            "export_bioimageio",
-            glob("results/models/*/fold*/seed*/model.pt"),
-            glob("results/publish/bioimageio/*.zip"),
-        ),
-        Job(
-            "report",
-            exist(["results/eval/summary.tsv", "results/eval/per_case.tsv"]),
-            exist(["results/report.html"]),
-        ),
-    ]
-    jobs = [j for j in jobs if j.outputs]
-    for j in jobs:
-        times = [(wd / p).stat().st_mtime for p in j.outputs]
-        j.start, j.end = min(times), max(times)
-    return jobs
+#: Layout patterns with wildcards, most specific (most wildcards) first.
+_WILDCARD_PATTERNS = sorted(
+    (
+        p
+        for name in layout.__all__
+        if isinstance(p := getattr(layout, name), str) and layout.wildcards_of(p)
+    ),
+    key=lambda p: -len(layout.wildcards_of(p)),
+)
 
 
 # ----------------------------------------------------------------------------- crate
@@ -314,7 +242,13 @@ def build_crate(
     repo_dir = Path(repo).resolve()
     snapshot_workflow(repo_dir, res / "workflow")
     if jobs is None:
-        jobs = jobs_from_snakemake_metadata(wd) or jobs_from_layout(cfg, wd)
+        jobs = jobs_from_snakemake_metadata(wd)
+    if not jobs:
+        log.warning(
+            "%s: no Snakemake records of this run (.snakemake/metadata): the crate has no "
+            "action per rule execution",
+            wd,
+        )
     # A record of an earlier crate build describes files this build replaces: drop it.
     own = {
         (res / n).relative_to(wd).as_posix()

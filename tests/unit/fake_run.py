@@ -4,6 +4,7 @@ running the pipeline. Volumes are 16^3; metrics are drawn from a seeded RNG."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import zipfile
 from pathlib import Path
@@ -361,3 +362,56 @@ def report_inputs(root: Path, cfg: Config | None = None, **overrides: object):
     }
     fields.update(overrides)
     return ReportInputs(**fields)  # type: ignore[arg-type]
+
+
+def write_snakemake_records(
+    workdir: Path, jobs: list[tuple[str, list[str], list[str]]], start: float = 1.7e9
+) -> None:
+    """Snakemake's own provenance records (file persistence backend) of ``jobs``, each
+    ``(rule, inputs, outputs)`` with workdir-relative paths: one JSON record per output under
+    ``.snakemake/metadata/<urlsafe base64 of the path>``, as Snakemake writes them
+    (tests/unit/test_rocrate.py checks the format against a real Snakemake run)."""
+    meta = workdir / ".snakemake" / "metadata"
+    meta.mkdir(parents=True, exist_ok=True)
+    for i, (rule, inputs, outputs) in enumerate(jobs):
+        record = {
+            "record_format_version": 5,
+            "rule": rule,
+            "input": inputs,
+            "log": [],
+            "params": [],
+            "shellcmd": None,
+            "incomplete": False,
+            "starttime": start + 10 * i,
+            "endtime": start + 10 * i + 5,
+            "job_hash": i,
+            "conda_env": None,
+            "container_img_url": None,
+        }
+        for out in outputs:
+            name = base64.urlsafe_b64encode(out.encode()).decode()
+            write_json(meta / name, record)
+
+
+def fake_run_jobs(root: Path) -> list[tuple[str, list[str], list[str]]]:
+    """The rule executions that would have written the fake run under ``root``."""
+
+    def have(*paths: str) -> list[str]:
+        return [p for p in paths if (root / p).exists()]
+
+    manifest, splits = "results/data/manifest.tsv", "results/splits/splits.json"
+    jobs = [
+        ("ingest", [], have(manifest, "results/data/manifest.json")),
+        ("qc", [manifest], have("results/qc/qc.json", "results/qc/qc.md")),
+        ("split", [manifest, "results/qc/qc.json"], have(splits)),
+    ]
+    for d in sorted((root / "results/models").glob("*/fold*/seed*")):
+        outs = sorted(p.relative_to(root).as_posix() for p in d.iterdir() if p.is_file())
+        jobs.append(("train", [manifest, splits], outs))
+    for d in sorted((root / "results/predictions").glob("*/fold*/seed*")):
+        jobs.append(("evaluate", [manifest, splits], [d.relative_to(root).as_posix()]))
+    eval_files = ("per_case.tsv", "summary.tsv", "summary.json", "table.md", "table.tsv")
+    jobs.append(("aggregate", [], have(*(f"results/eval/{n}" for n in eval_files))))
+    jobs.append(("interrater", [manifest, splits], have("results/eval/interrater.tsv")))
+    jobs.append(("report", ["results/eval/summary.tsv"], have("results/report.html")))
+    return [j for j in jobs if j[2]]

@@ -14,14 +14,13 @@ import pytest
 from reproseg.metadata import write_resolved_config
 from reproseg.rocrate import (
     Job,
-    jobs_from_layout,
     jobs_from_snakemake_metadata,
     make_crate,
     scan_for_secrets,
     validate_crate,
 )
 
-from .fake_run import fake_config, make_fake_run
+from .fake_run import fake_config, fake_run_jobs, make_fake_run, write_snakemake_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,6 +41,7 @@ def crate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (res / "report.html").write_text("<html><body>report</body></html>", encoding="utf-8")
     (res / "models/unet/fold0/seed0/checkpoint.pt").write_bytes(b"resumable state")
     write_resolved_config(fake_config(), res / "metadata/config.yaml")
+    write_snakemake_records(root, fake_run_jobs(root))
     make_crate(fake_config(), root, REPO, res / "ro-crate-metadata.json", res / "ro-crate.zip")
     return res
 
@@ -83,10 +83,16 @@ def test_an_invalid_crate_is_reported(crate: Path, tmp_path: Path) -> None:
 
 
 def test_one_action_per_rule_execution(crate: Path, tmp_path: Path) -> None:
+    """The actions are Snakemake's records of what ran, with wildcards from the run layout."""
     cfg = fake_config()
-    jobs = jobs_from_layout(cfg, crate.parent)
+    jobs = jobs_from_snakemake_metadata(crate.parent)
+    assert [(j.rule, j.inputs, j.outputs) for j in jobs] == [
+        (rule, sorted(inputs), sorted(outputs))
+        for rule, inputs, outputs in fake_run_jobs(crate.parent)
+    ]
     n_train = len(cfg.train.models) * cfg.split.k * len(cfg.train.seeds)
     assert sum(j.rule == "train" for j in jobs) == n_train
+    assert {"model": "unet", "fold": "0", "seed": "0"} in [j.wildcards for j in jobs]
     g = _graph(crate / "ro-crate-metadata.json")
     actions = [e for e in g.values() if "CreateAction" in _types(e)]
     rule_actions = [a for a in actions if a["instrument"]["@id"].startswith("#rule-")]
@@ -131,6 +137,20 @@ def test_snakemake_metadata_gives_the_jobs(tmp_path: Path) -> None:
         ("b", ("out/a.txt",), ("out/b_2.txt",)),
     ]
     assert all(j.start is not None and j.end is not None and j.start <= j.end for j in jobs)
+
+
+def test_stale_records_are_not_actions(tmp_path: Path) -> None:
+    """A record whose output is gone (failed or deleted job) did not produce this run."""
+    (tmp_path / "results/eval").mkdir(parents=True)
+    (tmp_path / "results/eval/interrater.tsv").write_text("x\n", encoding="utf-8")
+    write_snakemake_records(
+        tmp_path,
+        [
+            ("interrater", [], ["results/eval/interrater.tsv"]),
+            ("export_bioimageio", [], ["results/publish/bioimageio/run.zip"]),
+        ],
+    )
+    assert [j.rule for j in jobs_from_snakemake_metadata(tmp_path)] == ["interrater"]
 
 
 def test_secrets_never_get_into_the_crate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
