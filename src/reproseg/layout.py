@@ -38,6 +38,15 @@ __all__ = [
     "ENSEMBLE_METRICS",
     "ENSEMBLE_PREDICTIONS",
     "ENVIRONMENT",
+    "EXTERNAL_BASELINE_METRICS",
+    "EXTERNAL_ENSEMBLE_METRICS",
+    "EXTERNAL_ENSEMBLE_PREDICTIONS",
+    "EXTERNAL_MANIFEST",
+    "EXTERNAL_MANIFEST_JSON",
+    "EXTERNAL_METRICS",
+    "EXTERNAL_QC_INPUTS",
+    "EXTERNAL_QC_JSON",
+    "EXTERNAL_QC_MD",
     "HISTORY",
     "INTERRATER",
     "MANIFEST",
@@ -132,6 +141,20 @@ SUMMARY = "results/eval/summary.tsv"
 SUMMARY_JSON = "results/eval/summary.json"
 TABLE_MD = "results/eval/table.md"
 TABLE_TSV = "results/eval/table.tsv"
+
+# --- external validation cohorts (reproseg.external): one folder per cohort ----------------
+#: Ingest of a cohort (raw files in its data/raw, as for the development data).
+EXTERNAL_MANIFEST = "results/external/{cohort}/data/manifest.tsv"
+EXTERNAL_MANIFEST_JSON = "results/external/{cohort}/data/manifest.json"
+EXTERNAL_QC_INPUTS = "results/external/{cohort}/qc/inputs.tsv"
+EXTERNAL_QC_JSON = "results/external/{cohort}/qc/qc.json"
+EXTERNAL_QC_MD = "results/external/{cohort}/qc/qc.md"
+#: Metrics of every cohort x model-set (split ``external:{cohort}``), concatenated by aggregate.
+EXTERNAL_METRICS = "results/external/{cohort}/eval/models/{model}_fold{fold}_seed{seed}.tsv"
+EXTERNAL_ENSEMBLE_METRICS = "results/external/{cohort}/eval/ensembles/{model}_seed{seed}.tsv"
+EXTERNAL_BASELINE_METRICS = "results/external/{cohort}/eval/baselines/{baseline}_fold{fold}.tsv"
+#: The ensemble's predictions projected onto the cohort's classes (uint8 NIfTI per case).
+EXTERNAL_ENSEMBLE_PREDICTIONS = "results/external/{cohort}/predictions/{model}_seed{seed}"
 
 # --- predict (reproseg.predict): new volumes, not part of `rule all` -----------------------
 PREDICT_IMAGE = "predict/{name}.nii.gz"
