@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.reproseg-installed
 CORES  ?= all
+# Python code that `make lint` (part of `make test`) checks with ruff.
+PY_DIRS := src tests scripts benchmarks
 # Offline-safe defaults for the libraries (no telemetry or cloud probes).
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
@@ -22,12 +24,15 @@ run: $(STAMP)
 		$(BIN)/snakemake --unlock --profile profiles/default >/dev/null; fi
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
 
-test: $(STAMP) system-deps
+# Style and workflow checks first: CI fails on a lint, format or snakefmt finding.
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/snakemake --lint
-	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/snakemake --lint --profile profiles/default
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/snakefmt --check Snakefile workflow
 
 # Virtual environment from the lock file (torch==2.13.0 is the CPU build served here).
 $(STAMP): requirements.lock pyproject.toml
