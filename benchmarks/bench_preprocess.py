@@ -38,7 +38,7 @@ TARGET = [1.5, 1.5, 2.0]
 
 
 def make_cases(
-    root: Path, n: int, shape: tuple[int, int, int], n_base: int = 4
+    root: Path, n: int, shape: tuple[int, int, int], n_base: int = 4, suffix: str = ".nii.gz"
 ) -> list[tuple[Path, Path]]:
     """``n`` distinct CT-like cases from ``n_base`` synthetic renders: each copy gets its own
     noise and its own spacing (in-plane 0.6-1.0 mm, slices 1-5 mm), so files and checksums
@@ -54,9 +54,10 @@ def make_cases(
         s_xy, s_z = rng.uniform(0.6, 1.0), rng.choice([1.0, 2.5, 3.0, 5.0])
         affine = np.diag([s_xy, s_xy, s_z, 1.0])
         image = vol.image.astype(np.int16) + rng.normal(0, 4, shape).astype(np.int16)
-        save_nifti(root / f"img{i:03d}.nii.gz", image, affine)
-        save_nifti(root / f"lab{i:03d}.nii.gz", vol.label, affine)
-        cases.append((root / f"img{i:03d}.nii.gz", root / f"lab{i:03d}.nii.gz"))
+        img, lab = root / f"img{i:03d}{suffix}", root / f"lab{i:03d}{suffix}"
+        save_nifti(img, image, affine)
+        save_nifti(lab, vol.label, affine)
+        cases.append((img, lab))
     return cases
 
 

@@ -45,7 +45,12 @@ def _cfg_dict(steps: int) -> dict:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of THIS process image: ``VmHWM``. Not ``ru_maxrss``, which Linux carries over
+    from the parent across fork + exec (every child would report the parent's peak)."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def child(args: argparse.Namespace) -> int:
@@ -149,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train_memory_") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        cases = make_cases(root / "data", max(args.cases) + N_VAL, tuple(args.shape), n_base=4)
+        cases = make_cases(
+            root / "data", max(args.cases) + N_VAL, tuple(args.shape), n_base=4, suffix=".nii"
+        )
         print(f"generated {len(cases)} cases {args.shape} in {time.perf_counter() - t0:.0f} s")
         pcfg = PreprocessConfig(target_spacing=TARGET)
         t0 = time.perf_counter()
