@@ -30,6 +30,30 @@ from reproseg.data import load_volume, preprocess_image
 from reproseg.io import save_nifti, spacing_from_affine
 from reproseg.logs import get_logger, setup_logging
 
+__all__ = [
+    "BLEND_DTYPE",
+    "FLOAT32_BLEND_MAX_BYTES",
+    "NATIVE_CHUNK",
+    "POINT_CHUNK",
+    "SW_MODE",
+    "SW_OVERLAP",
+    "WorkingGrid",
+    "cli",
+    "ensemble_probabilities",
+    "load_model",
+    "member_probabilities",
+    "model_spacing",
+    "native_labels",
+    "native_probabilities",
+    "predict_labels",
+    "predict_probabilities",
+    "predict_volume",
+    "sliding_window_logits",
+    "to_working_grid",
+    "working_grid",
+    "working_probabilities",
+]
+
 log = get_logger("predict")
 
 #: Sliding-window settings shared by validation during training and inference.

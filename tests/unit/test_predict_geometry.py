@@ -280,6 +280,7 @@ meta = {"preprocessing": {"clip_low": -3000.0, "clip_high": 3000.0, "mean": 0.0,
         "patch_size": [32, 32, 32], "sw_batch_size": 4}
 if sys.argv[1] != "null":
     meta["preprocessing"]["target_spacing"] = json.loads(sys.argv[1])
+predict.FLOAT32_BLEND_MAX_BYTES = 0  # the large-volume path (float16 blending)
 predict.predict_labels([(net, meta)], image[:40, :40, :20], aff)  # warm-up (allocator)
 base = rss_mb()
 labels = predict.predict_labels([(net, meta)], image, aff)
@@ -291,7 +292,8 @@ print(json.dumps({"base_mb": base, "peak_mb": peak, "input_mb": image.nbytes / 2
 
 @pytest.mark.parametrize("spacing", [[1.5, 1.5, 1.5], None])
 def test_prediction_memory_stays_below_a_few_input_sizes(spacing, tmp_path: Path) -> None:
-    """Peak RSS growth of predicting a 9-class 256x256x120 volume, in a fresh process.
+    """Peak RSS growth of predicting a 9-class 256x256x120 volume, in a fresh process,
+    on the path of large volumes (float16 blending).
 
     Holding the native probabilities in float32 alone would take 9x the input (and a
     float32 sliding-window buffer plus a softmax copy 18x); the bound is 8x, with or
