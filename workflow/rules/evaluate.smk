@@ -48,7 +48,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        evaluate=CFG.evaluate.model_dump(),
+        evaluate=CFG.evaluate.model_dump(exclude={"external"}),
         labels=CFG.labels,
         foreground_name=CFG.foreground_name,
         code=EVAL_CODE,
@@ -75,7 +75,7 @@ rule evaluate_ensemble:
         mem_mb=4000,
         runtime=30,
     params:
-        evaluate=CFG.evaluate.model_dump(),
+        evaluate=CFG.evaluate.model_dump(exclude={"external"}),
         labels=CFG.labels,
         foreground_name=CFG.foreground_name,
         code=EVAL_CODE,
@@ -103,7 +103,7 @@ rule evaluate_baseline:
         mem_mb=4000,
         runtime=30,
     params:
-        evaluate=CFG.evaluate.model_dump(),
+        evaluate=CFG.evaluate.model_dump(exclude={"external"}),
         labels=CFG.labels,
         foreground_name=CFG.foreground_name,
         code=code_hash("reproseg.evaluate", "reproseg.metrics", "reproseg.baselines"),
@@ -129,7 +129,7 @@ rule interrater:
         mem_mb=4000,
         runtime=30,
     params:
-        evaluate=CFG.evaluate.model_dump(),
+        evaluate=CFG.evaluate.model_dump(exclude={"external"}),
         labels=CFG.labels,
         foreground_name=CFG.foreground_name,
         code=code_hash("reproseg.raters", "reproseg.metrics"),
@@ -139,7 +139,7 @@ rule interrater:
 
 rule aggregate:
     input:
-        metrics=EVAL_METRICS,
+        metrics=EVAL_METRICS + EXTERNAL_METRICS,
     output:
         per_case=layout.PER_CASE,
         summary=report(
@@ -164,7 +164,7 @@ rule aggregate:
         mem_mb=2000,
         runtime=10,
     params:
-        evaluate=CFG.evaluate.model_dump(),
+        evaluate=CFG.evaluate.model_dump(exclude={"external"}),
         models=MODELS,
         code=code_hash("reproseg.aggregate"),
     script:
