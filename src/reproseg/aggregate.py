@@ -36,6 +36,22 @@ import pandas as pd
 
 from reproseg.io import read_tsv, write_json, write_text, write_tsv
 
+__all__ = [
+    "SEGMENTS_MEAN",
+    "SUMMARY_COLUMNS",
+    "SUMMARY_METRICS",
+    "bootstrap_ci",
+    "cli",
+    "method_order",
+    "paper_table",
+    "read_metrics",
+    "run_aggregate",
+    "summarise",
+    "summarise_group",
+    "table_markdown",
+    "with_segments_mean",
+]
+
 log = logging.getLogger("reproseg.aggregate")
 
 #: Metrics summarised (the voxel counts are context, not metrics).

@@ -27,6 +27,15 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure, morphology, transform
 
+__all__ = [
+    "METHOD",
+    "PRIOR_GRID",
+    "ThresholdAtlas",
+    "fit_threshold_atlas",
+    "predict_threshold_atlas",
+    "segment_liver",
+]
+
 #: Method name of this baseline in metrics.tsv.
 METHOD = "baseline_threshold_atlas"
 #: Voxels per axis of the location prior (normalised image coordinates).

@@ -10,6 +10,11 @@ from __future__ import annotations
 import importlib
 import sys
 
+__all__ = [
+    "COMMANDS",
+    "main",
+]
+
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("reproseg.sources.synthetic", "generate the synthetic CT liver dataset"),

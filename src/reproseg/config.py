@@ -17,6 +17,37 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+__all__ = [
+    "COUINAUD_LABELS",
+    "DEFAULT_FOREGROUND_NAME",
+    "BioimageioConfig",
+    "Citation",
+    "Config",
+    "EvaluateConfig",
+    "ExternalCohort",
+    "LocalSource",
+    "MetadataConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "OmeroSource",
+    "PreprocessConfig",
+    "PublishConfig",
+    "QCConfig",
+    "RandomisedSynthetic",
+    "ReproduceConfig",
+    "SourceConfig",
+    "SplitConfig",
+    "SyntheticSource",
+    "TrainConfig",
+    "check_external",
+    "cli",
+    "cohort_projection",
+    "deep_merge",
+    "json_schema",
+    "load_config",
+    "load_config_files",
+]
+
 #: The worked example's label map: background and the 8 Couinaud segments.
 COUINAUD_LABELS: dict[int, str] = {
     0: "background",

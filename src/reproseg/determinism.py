@@ -23,6 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
+__all__ = [
+    "CUBLAS_WORKSPACE_CONFIG",
+    "data_generator",
+    "disable_deterministic_algorithms",
+    "enable_deterministic_algorithms",
+    "epoch_seed",
+    "get_rng_state",
+    "seed_everything",
+    "set_rng_state",
+    "state_dict_sha256",
+    "worker_init_fn",
+]
+
 #: cuBLAS needs a fixed workspace for reproducible results on CUDA >= 10.2.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 

@@ -25,6 +25,18 @@ from reproseg.config import Config
 from reproseg.io import read_json, sha256_json, write_json, write_text
 from reproseg.logs import get_logger
 
+__all__ = [
+    "ANSWERS",
+    "DOME_FIELDS",
+    "build_checklist",
+    "build_dome",
+    "build_dome_record",
+    "environment_facts",
+    "find_key",
+    "summary_frame",
+    "to_markdown",
+]
+
 log = get_logger("dome")
 
 #: The 21 DOME fields, by section, in the paper's order.

@@ -19,6 +19,14 @@ from typing import Any
 
 import torch
 
+__all__ = [
+    "capture_environment",
+    "cpu_model",
+    "git_commit",
+    "gpu_info",
+    "package_freeze",
+]
+
 #: Environment variables that change numerical results; the only ones recorded.
 _THREAD_VARS = (
     "OMP_NUM_THREADS",

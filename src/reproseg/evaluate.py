@@ -33,6 +33,16 @@ from reproseg.io import read_json, save_nifti, spacing_from_affine, write_json, 
 from reproseg.manifest import read_manifest
 from reproseg.metrics import METRIC_COLUMNS, case_metrics
 
+__all__ = [
+    "METRICS_COLUMNS",
+    "CaseReader",
+    "cli",
+    "evaluate_baseline",
+    "evaluate_models",
+    "fold_cases",
+    "read_splits",
+]
+
 log = logging.getLogger("reproseg.evaluate")
 
 #: Columns of every metrics.tsv, in order.

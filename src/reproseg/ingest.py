@@ -34,6 +34,17 @@ from reproseg.logs import get_logger, setup_logging
 from reproseg.manifest import build_manifest, describe_case, failed_case_row, write_manifest
 from reproseg.sources.base import CaseRecord, CasesFailed, FailedCase
 
+__all__ = [
+    "CANONICAL",
+    "canonicalise",
+    "cli",
+    "fetch_records",
+    "ingest_modules",
+    "run_ingest",
+    "source_description",
+    "write_consensus",
+]
+
 log = get_logger("ingest")
 
 CANONICAL = "RAS"

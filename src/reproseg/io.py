@@ -24,6 +24,27 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "atomic_path",
+    "fsync_dir",
+    "fsync_file",
+    "load_nifti",
+    "orientation_code",
+    "read_json",
+    "read_tsv",
+    "save_nifti",
+    "save_torch",
+    "sha256_array",
+    "sha256_bytes",
+    "sha256_file",
+    "sha256_json",
+    "spacing_from_affine",
+    "write_bytes",
+    "write_json",
+    "write_text",
+    "write_tsv",
+]
+
 
 def _current_umask() -> int:
     mask = os.umask(0)

@@ -36,6 +36,24 @@ from reproseg.io import (
 )
 from reproseg.sources.base import CaseRecord, FailedCase
 
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "build_manifest",
+    "describe_case",
+    "failed_case_row",
+    "format_ingest_errors",
+    "format_rater_labels",
+    "format_triplet",
+    "manifest_sha256",
+    "manifest_tsv_text",
+    "parse_ingest_errors",
+    "parse_rater_labels",
+    "parse_triplet",
+    "read_manifest",
+    "write_manifest",
+]
+
 #: Core columns, in order (docs/ARCHITECTURE.md); source metadata columns follow, sorted.
 MANIFEST_COLUMNS: list[str] = [
     "case_id",

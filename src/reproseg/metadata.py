@@ -33,6 +33,19 @@ from reproseg.config import Config, load_config
 from reproseg.io import read_json, read_tsv, sha256_file, write_json, write_text, write_tsv
 from reproseg.logs import get_logger
 
+__all__ = [
+    "REQUIRED_MANIFEST_COLUMNS",
+    "build_dataset_metadata",
+    "build_miappe",
+    "build_rembi",
+    "cli",
+    "load_schema",
+    "read_manifest",
+    "to_table",
+    "validate_record",
+    "write_resolved_config",
+]
+
 log = get_logger("metadata")
 
 #: Manifest columns every standard needs.

@@ -69,6 +69,15 @@ from reproseg.manifest import (
     read_manifest,
 )
 
+__all__ = [
+    "CANONICAL",
+    "INPUT_COLUMNS",
+    "Problem",
+    "cli",
+    "run_qc",
+    "run_qc_keeping_reports",
+]
+
 log = get_logger("qc")
 
 CANONICAL = "RAS"

@@ -26,6 +26,15 @@ from reproseg.io import load_nifti, read_json, spacing_from_affine, write_tsv
 from reproseg.manifest import parse_rater_labels, read_manifest
 from reproseg.metrics import WHOLE_NAME, case_metrics
 
+__all__ = [
+    "INTERRATER_COLUMNS",
+    "consensus",
+    "interrater_table",
+    "pairwise_rows",
+    "prediction_key",
+    "run_interrater",
+]
+
 log = logging.getLogger("reproseg.raters")
 
 #: Columns of results/eval/interrater.tsv (the required ones first, then context).

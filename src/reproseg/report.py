@@ -42,6 +42,26 @@ from reproseg.io import load_nifti, read_json, read_tsv, write_text
 from reproseg.logs import get_logger
 from reproseg.secrets import secret_values
 
+__all__ = [
+    "SECTIONS",
+    "ReportInputs",
+    "boxplot_figures",
+    "build_report",
+    "cli",
+    "dome_section",
+    "energy_section",
+    "environment_section",
+    "interrater_section",
+    "learning_curve_figure",
+    "overlay_figure",
+    "pick_cases",
+    "publication_section",
+    "qc_section",
+    "rerun_commands",
+    "results_section",
+    "splits_section",
+]
+
 log = get_logger("report")
 
 #: The page's sections, in order: (anchor id, title). Tests check every one is rendered.

@@ -40,6 +40,23 @@ from reproseg.io import atomic_path, sha256_file, write_text
 from reproseg.logs import get_logger
 from reproseg.secrets import scan_for_secrets, secret_values
 
+__all__ = [
+    "EXCLUDE_DIRS",
+    "EXCLUDE_NAMES",
+    "EXCLUDE_PREFIXES",
+    "PROFILES",
+    "WORKFLOW_SNAPSHOT",
+    "Job",
+    "build_crate",
+    "cli",
+    "crate_files",
+    "jobs_from_snakemake_metadata",
+    "make_crate",
+    "snapshot_workflow",
+    "validate_crate",
+    "write_crate",
+]
+
 log = get_logger("rocrate")
 
 #: Profiles the crate conforms to (checked by roc-validator in the tests).

@@ -43,6 +43,19 @@ from reproseg.config import Config, SplitConfig, load_config
 from reproseg.io import read_json, read_tsv, sha256_file, sha256_json, write_json
 from reproseg.logs import get_logger, setup_logging
 
+__all__ = [
+    "METHOD",
+    "assign_subject",
+    "check_splits",
+    "cli",
+    "load_fixed_splits",
+    "make_splits",
+    "qc_excluded",
+    "run_split",
+    "subject_strata",
+    "subject_unit",
+]
+
 METHOD = "grouped-hash-v1"
 log = get_logger("splits")
 

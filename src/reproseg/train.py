@@ -61,6 +61,18 @@ from reproseg.models import build_model, check_patch_size, count_parameters
 from reproseg.predict import sliding_window_logits
 from reproseg.preprocess import DEFAULT_CACHE_DIR, prepare_fold
 
+__all__ = [
+    "STOP_ENV",
+    "TrainOutputs",
+    "TrainingStopped",
+    "cli",
+    "fold_cases",
+    "optimisation_step",
+    "stop_after_env",
+    "train_model",
+    "validate",
+]
+
 log = get_logger("train")
 
 #: Test hook: stop (as if killed) after this many optimiser steps in this process.

@@ -22,6 +22,19 @@ from reproseg.artifacts import ModelFile
 from reproseg.config import Config
 from reproseg.io import read_tsv
 
+__all__ = [
+    "JOB_FILES",
+    "OPTIONAL_JOB_FILES",
+    "FinalModel",
+    "Job",
+    "RunFiles",
+    "check_job_files",
+    "choose_final_model",
+    "metric_means",
+    "training_jobs",
+    "validation_dice",
+]
+
 #: Files a training job leaves in ``results/models/{model}/fold{fold}/seed{seed}/``.
 JOB_FILES = ("model.pt", "history.tsv", "preprocessing.json", "environment.json")
 #: Optional files of a training job, published when present.

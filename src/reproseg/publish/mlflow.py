@@ -68,6 +68,21 @@ from reproseg.publish.common import (
 )
 from reproseg.secrets import redact_uri
 
+__all__ = [
+    "WEIGHTS_ARTIFACT",
+    "WEIGHTS_FORMAT",
+    "PublishedModel",
+    "SegmentationPipeline",
+    "cli",
+    "code_version",
+    "flatten",
+    "load_published",
+    "load_weights_file",
+    "pipeline_run_key",
+    "publish_mlflow",
+    "resolve_tracking_uri",
+]
+
 # MLflow otherwise contacts a telemetry host at import; users can still opt in explicitly.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -522,9 +537,7 @@ def publish_mlflow(
             raise ValueError(f"{path}: missing; needed to publish the run")
     manifest = read_json(manifest_json)
     splits = read_json(splits_json)
-    manifest_sha = str(
-        manifest.get("manifest_sha256") or sha256_file(files.manifest_tsv)
-    )
+    manifest_sha = str(manifest.get("manifest_sha256") or sha256_file(files.manifest_tsv))
     split_sha = str(splits.get("sha256") or sha256_file(splits_json))
     code = code_version(jobs)
     run_key = pipeline_run_key(cfg, manifest_sha, split_sha, code)

@@ -10,6 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+__all__ = [
+    "CaseConversionError",
+    "CaseRecord",
+    "CasesFailed",
+    "FailedCase",
+]
+
 
 @dataclass
 class CaseRecord:

@@ -41,6 +41,21 @@ from reproseg.sources.base import (
     FailedCase,
 )
 
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "SITK_SUFFIXES",
+    "image_dtype",
+    "label_array",
+    "label_mapping",
+    "load_local",
+    "load_msd",
+    "load_table",
+    "read_volume",
+    "safe_case_id",
+    "sitk_to_ras",
+    "strip_suffix",
+]
+
 log = get_logger("sources.local")
 
 #: Suffixes read with nibabel; every other file goes through SimpleITK.
