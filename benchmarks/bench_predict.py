@@ -93,9 +93,17 @@ def run_predict(model: str, image: str, out: str, threads: int) -> dict:
     return {
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-        "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),
+        "peak_rss_gb": round(_vm_hwm_kb() / 2**20, 3),
         "loadavg_after": _loadavg(),
     }
+
+
+def _vm_hwm_kb() -> int:
+    """Peak RSS of this process (VmHWM; ru_maxrss is inherited across fork + exec)."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _loadavg() -> float:

@@ -255,7 +255,7 @@ def test_ensemble_members_at_other_spacings_are_averaged_on_one_grid() -> None:
 
 # --------------------------------------------------------------------------- memory
 MEMORY_SCRIPT = r"""
-import json, resource, sys
+import json, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 from reproseg import predict
@@ -268,9 +268,9 @@ class NineClass(torch.nn.Module):
     def forward(self, x):
         return self.conv(x)
 
-def rss_mb():
+def status_mb(key):  # VmHWM, not ru_maxrss: that one is inherited across fork + exec
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
 shape = (256, 256, 120)
 image = np.random.default_rng(0).normal(0, 100, shape).astype(np.float32)
@@ -282,9 +282,9 @@ if sys.argv[1] != "null":
     meta["preprocessing"]["target_spacing"] = json.loads(sys.argv[1])
 predict.FLOAT32_BLEND_MAX_BYTES = 0  # the large-volume path (float16 blending)
 predict.predict_labels([(net, meta)], image[:40, :40, :20], aff)  # warm-up (allocator)
-base = rss_mb()
+base = status_mb("VmRSS")
 labels = predict.predict_labels([(net, meta)], image, aff)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")
 print(json.dumps({"base_mb": base, "peak_mb": peak, "input_mb": image.nbytes / 2**20,
                   "shape": list(labels.shape)}))
 """
