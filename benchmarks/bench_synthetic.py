@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _result import target, write_result
 
 from reproseg.config import COUINAUD_LABELS, RandomisedSynthetic, SyntheticSource
 from reproseg.sources.synthetic import generate_dataset, generate_volume, rater_label
@@ -344,6 +348,7 @@ def main() -> None:
     parser.add_argument("--n-compare", type=int, default=18)
     parser.add_argument("--n-show", type=int, default=4)
     parser.add_argument("--figures", default="docs/img")
+    parser.add_argument("--json", type=Path, help="default mode: write result + targets here")
     args = parser.parse_args()
     if args.compare_real:
         compare_real(args)
@@ -373,6 +378,33 @@ def main() -> None:
             f"({cfg.shape[0]}x{cfg.shape[1]}x{cfg.shape[2]}, {cfg.n_annotators} annotators, "
             f"NIfTI written) in {seconds:.1f} s = {seconds / small['render_s']:.0f}x one 64^3 render"
         )
+    if args.json:
+        cond = f"best of {args.repeat}, one process, wall-clock on a shared machine"
+        budget = 60.0 * (args.size / 256) ** 3
+        targets = [
+            target(
+                f"render_{args.size}_s",
+                large["render_s"],
+                budget,
+                "<=",
+                "s",
+                f"one {args.size}^3 volume (generate_volume); budget: a minute at 256^3, "
+                f"scaled by voxels; " + cond,
+            )
+        ]
+        if args.dataset:
+            targets.append(
+                target(
+                    "default_dataset_s",
+                    seconds,
+                    60.0,
+                    "<=",
+                    "s",
+                    "the default dataset (12 subjects of 64^3, 16 scans, 2 annotators, NIfTI "
+                    "written): well under a minute; " + cond,
+                )
+            )
+        write_result(args.json, "synthetic", targets, {"small": small, "large": large})
 
 
 if __name__ == "__main__":
