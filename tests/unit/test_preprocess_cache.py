@@ -277,3 +277,24 @@ def test_fold_statistics_come_from_the_training_cases_and_stale_index_fails(tmp_
         root=tmp_path,
     )
     assert again.preprocessing == data.preprocessing
+
+
+@pytest.mark.parametrize("chunks", [2, 5])
+def test_workflow_dag_scatters_over_chunks_not_cases(tmp_path: Path, chunks: int) -> None:
+    """The preprocessing DAG has ``n`` chunk jobs + 1 gather, whatever the number of cases,
+    and every training job waits for the gathered index (dry run, no data needed)."""
+    import re
+
+    from tests.conftest import run_snakemake
+
+    proc = run_snakemake(
+        tmp_path,
+        "results/models/unet/fold0/seed0/model.pt",
+        "-n",
+        "--set-scatter",  # takes several values: keep it last
+        f"preprocess={chunks}",
+    )
+    text = proc.stdout + proc.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", text, flags=re.MULTILINE))
+    assert counts.get("preprocess") == str(chunks), text[-2000:]
+    assert counts.get("preprocess_gather") == "1" and counts.get("train") == "1"
