@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000])
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="write results + targets here")
     args = parser.parse_args(argv)
     if args.child:
         kind, *rest = args.child
@@ -192,6 +193,23 @@ def main(argv: list[str] | None = None) -> int:
             results[str(n)] = row
             print(json.dumps(row), flush=True)
     print(json.dumps({"threads": args.threads, "results": results}, indent=1))
+    if args.json:  # targets checked by benchmarks/run_all.py (format: benchmarks/_result.py)
+        targets = [
+            {
+                "name": f"model_time_ratio_monai_over_ours_{n}_slices",
+                "value": row["ratio"]["ratio_monai_over_ours"],
+                "target": 0.95,
+                "comparison": ">=",
+                "unit": "x",
+                "conditions": f"best of {args.reps}: MONAI sliding_window_inference / "
+                f"member_probabilities on the same resampled tensor {row['ratio']['working_shape']}"
+                f" (CT {row['shape']}), {args.threads} thread(s), random-weight default UNet",
+            }
+            for n, row in results.items()
+        ]
+        doc = {"benchmark": "predict", "targets": targets, "details": results}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

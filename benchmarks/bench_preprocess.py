@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 96])
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", "--json", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from reproseg.preprocess import _params
@@ -141,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "machine": f"{platform.processor() or platform.machine()}, 1 thread",
     }
+    result["targets"] = [  # checked by benchmarks/run_all.py (format: benchmarks/_result.py)
+        {
+            "name": "speed_ratio_reproseg_vs_monai",
+            "value": result["speed_ratio_reproseg_vs_monai_median"],
+            "target": 1.0,
+            "comparison": ">=",
+            "unit": "x",
+            "conditions": f"median of per-case MONAI / reproseg seconds, {args.cases} CT-like "
+            f"cases {args.shape} to {TARGET} mm, 1 thread, interleaved case by case",
+        }
+    ]
     print(f"{'pipeline':<10} {'cases/min':>10} {'median s/case':>14}")
     for k, v in times.items():
         print(f"{k:<10} {per_min[k]:>10.2f} {statistics.median(v):>14.3f}")

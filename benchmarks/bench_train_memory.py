@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference-max", type=int, default=16, help="largest N for the in-memory reference"
     )
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", "--json", type=Path, default=OUT)
     # child mode (internal)
     parser.add_argument("--mode", choices=["cache", "in-memory"], default=None)
     for name in ("manifest", "splits", "index", "work", "root"):
@@ -207,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_smallest": {m: {str(n): v for n, v in r.items()} for m, r in ratios.items()},
         "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
     }
+    out["targets"] = [  # checked by benchmarks/run_all.py (format: benchmarks/_result.py)
+        {
+            "name": "cache_peak_rss_ratio_largest_to_smallest",
+            "value": ratios["cache"][max(args.cases)],
+            "target": 1.2,
+            "comparison": "<=",
+            "unit": "x",
+            "conditions": f"train_model on the disk cache, peak RSS (VmHWM) with "
+            f"{max(args.cases)} vs {base} training cases {args.shape}, {args.steps} steps, "
+            "fresh process each",
+        }
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
