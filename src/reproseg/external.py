@@ -300,13 +300,18 @@ def external_gap(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     ]
     if summary.empty or "split" not in summary:
         return pd.DataFrame(columns=cols)
-    part = summary[summary["metric"] == metric]
+    # the derived mean over labels (class_index -1) means different things on the two sides
+    # (8 segments vs the cohort's classes): only named classes are compared
+    part = summary[(summary["metric"] == metric) & (summary["class_index"] >= 0)]
+    part = part.sort_values(["class_index"], kind="stable")
     internal = part[part["split"] == "test"].set_index(["method", "class_name"])
-    rows = []
+    rows, seen = [], set()
     for _, ext in part[part["split"].astype(str).str.startswith(EXTERNAL_PREFIX)].iterrows():
         key = (ext["method"], ext["class_name"])
-        if key not in internal.index:
+        # a cohort class named like the whole foreground is that region: compared once
+        if key not in internal.index or (ext["split"], *key) in seen:
             continue
+        seen.add((ext["split"], *key))
         inn = internal.loc[key]
         if isinstance(inn, pd.DataFrame):  # one region name twice (class 0 and a label)
             same = inn[inn["class_index"] == ext["class_index"]]
