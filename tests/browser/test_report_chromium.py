@@ -1,6 +1,6 @@
 """Read the report as a reader would: render it in headless Chromium and check what shows.
 
-The page is built from the hand-made run of tests/unit/fake_run.py (no pipeline needed);
+The page is built from the hand-made run of tests/fake_run.py (no pipeline needed);
 a second test checks the real report of the ``tiny_run`` fixture. A copy of the page gets
 a small probe script that records, after load, how many images decoded with a non-zero
 natural size; the rendered DOM (``--dump-dom``) is then parsed.
@@ -20,7 +20,7 @@ import pytest
 from reproseg.report import SECTIONS, build_report
 from tests.helpers.system import require_or_skip
 
-from ..unit.fake_run import fake_config, report_inputs
+from ..fake_run import fake_config, report_inputs
 
 pytestmark = pytest.mark.browser
 

@@ -16,7 +16,7 @@ from reproseg.io import load_nifti
 from reproseg.models import build_model
 from reproseg.publish import bioimageio as bio
 from reproseg.publish.common import RunFiles
-from tests.services.fake_run import make_fake_run, tiny_config
+from tests.fake_run import make_trained_run, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,7 @@ def _one_thread() -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     torch.set_num_threads(1)
-    run_dir = make_fake_run(tmp_path_factory.mktemp("bio_run"), tiny_config())
+    run_dir = make_trained_run(tmp_path_factory.mktemp("bio_run"), tiny_config())
     out = run_dir / "results/publish/bioimageio/fake-run.zip"
     files = RunFiles.from_layout(tiny_config(), run_dir)
     result = bio.export_bioimageio(tiny_config(), files, out, out.with_suffix(".test.json"))

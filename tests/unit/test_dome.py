@@ -13,7 +13,7 @@ from reproseg.config import Config
 from reproseg.dome import DOME_FIELDS, build_dome
 from reproseg.io import read_json, write_json
 
-from .fake_run import fake_config, make_fake_run
+from ..fake_run import fake_config, make_fake_run
 
 
 @pytest.fixture(scope="module")

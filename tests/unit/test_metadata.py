@@ -18,7 +18,7 @@ from reproseg.metadata import (
     write_resolved_config,
 )
 
-from .fake_run import CASES, fake_config, make_fake_run
+from ..fake_run import CASES, fake_config, make_fake_run
 
 
 @pytest.fixture(scope="module")

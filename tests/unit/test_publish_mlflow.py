@@ -1,6 +1,6 @@
 """MLflow publishing against a real ``mlflow server`` (SQLite backend, loopback HTTP).
 
-A small fabricated run (tests/services/fake_run.py) is published over HTTP; the model
+A small fabricated run (tests/fake_run.py: make_trained_run) is published over HTTP; the model
 is loaded back by its registry alias and must reproduce the pipeline's own predictions
 bitwise; publishing again must create no run and no model version.
 """
@@ -18,7 +18,7 @@ import torch
 from reproseg.io import load_nifti, read_json
 from reproseg.publish import mlflow as pub
 from reproseg.publish.common import RunFiles
-from tests.services.fake_run import make_fake_run, tiny_config
+from tests.fake_run import make_trained_run, tiny_config
 from tests.services.mlflow_server import MlflowServer, start_mlflow_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_fake_run(tmp_path_factory.mktemp("fake_run"), tiny_config())
+    return make_trained_run(tmp_path_factory.mktemp("fake_run"), tiny_config())
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_ensemble_is_the_mean_of_the_folds(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tiny_config(mlflow={"final_model": "ensemble", "registered_model": "ens"})
-    run_dir = make_fake_run(tmp_path, cfg)
+    run_dir = make_trained_run(tmp_path, cfg)
     files = RunFiles.from_layout(cfg, run_dir)
     record = pub.publish_mlflow(cfg, files, run_dir / "results/publish/mlflow.json", LOCK)
     db = (run_dir / "results/mlflow/mlflow.db").resolve()
@@ -182,7 +182,7 @@ def test_tampered_weights_are_rejected(tmp_path: Path, run_dir: Path) -> None:
 
 def test_missing_outputs_are_named(tmp_path: Path) -> None:
     cfg = tiny_config()
-    run_dir = make_fake_run(tmp_path, cfg)
+    run_dir = make_trained_run(tmp_path, cfg)
     (run_dir / "results/eval/unet/fold1/seed0/metrics.tsv").unlink()
     with pytest.raises(ValueError, match="fold1/seed0/metrics.tsv"):
         pub.publish_mlflow(

@@ -12,7 +12,7 @@ import pytest
 from reproseg.io import read_json, write_tsv
 from reproseg.report import SECTIONS, build_report, pick_cases, rerun_commands
 
-from .fake_run import fake_config, report_inputs
+from ..fake_run import fake_config, report_inputs
 
 
 def _pngs(page: str) -> list[bytes]:

@@ -20,7 +20,7 @@ from reproseg.rocrate import (
     validate_crate,
 )
 
-from .fake_run import fake_config, fake_run_jobs, make_fake_run, write_snakemake_records
+from ..fake_run import fake_config, fake_run_jobs, make_fake_run, write_snakemake_records
 
 REPO = Path(__file__).resolve().parents[2]
 
