@@ -317,3 +317,40 @@ def test_prediction_memory_stays_below_a_few_input_sizes(spacing, tmp_path: Path
     assert out["shape"] == [256, 256, 120]
     growth = out["peak_mb"] - out["base_mb"]
     assert growth < 8 * out["input_mb"], out
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_predicts_from_a_model_file_on_the_input_grid(tmp_path: Path, capsys) -> None:
+    """``reproseg predict`` with a real model file that declares a 1.5 mm working grid."""
+    from reproseg.artifacts import ModelFile
+    from reproseg.config import ModelConfig
+    from reproseg.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=[4, 8], strides=[2])
+    pre = {**PREPROC, "target_spacing": [1.5, 1.5, 1.5]}
+    ModelFile(
+        state_dict=build_model(cfg, 1, 3).state_dict(),
+        model_name="unet",
+        model_config=cfg.model_dump(),
+        preprocessing=pre,
+        labels={0: "background", 1: "a", 2: "b"},
+        epoch=0,
+        val_dice=0.0,
+        patch_size=[16, 16, 16],
+    ).save(tmp_path / "model.pt")
+    shape = _shape("LPS-5mm", 40.0)
+    aff = _affine("LPS-5mm", shape)
+    image = np.random.default_rng(1).normal(0, 100, shape).astype(np.float32)
+    save_nifti(tmp_path / "img.nii.gz", image, aff)
+    out = tmp_path / "pred.nii.gz"
+    args = ["--model", str(tmp_path / "model.pt"), "--image", str(tmp_path / "img.nii.gz")]
+    assert predict.cli([*args, "--out", str(out), "--threads", "1"]) == 0
+    labels, saved_aff = load_nifti(out)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    np.testing.assert_allclose(saved_aff, aff, atol=1e-5)
+    net, meta = predict.load_model(tmp_path / "model.pt")
+    np.testing.assert_array_equal(labels, predict.predict_labels([(net, meta)], image, aff))
+    missing = ["--model", str(tmp_path / "model.pt"), "--image", str(tmp_path / "no.nii.gz")]
+    assert predict.cli([*missing, "--out", str(tmp_path / "x.nii.gz")]) == 1
+    assert "no.nii.gz: cannot read" in capsys.readouterr().err
