@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import resource
 import subprocess
@@ -270,9 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         cond = (
             f"snakemake --dry-run of {ref['subjects']} subjects x {args.folds} folds x "
             f"{args.seeds} seeds x {args.models} models (fake upstream files), best of "
-            f"{args.repeat}, wall-clock incl. start-up on a shared machine"
+            f"{args.repeat}; CPU seconds (user + system) of the snakemake process incl. "
+            f"start-up, because wall-clock on a shared machine measures the load (wall here: "
+            f"{ref['dag_s']:.1f} s at load {os.getloadavg()[0]:.1f})"
         )
-        targets = [target(f"dag_s_{ref['subjects']}_subjects", ref["dag_s"], 10.0, "<=", "s", cond)]
+        targets = [
+            target(
+                f"dag_cpu_s_{ref['subjects']}_subjects", ref["dag_cpu_s"], 10.0, "<=", "CPU s", cond
+            )
+        ]
         write_result(args.json, "dag", targets, {"rows": rows})
     return 0
 
