@@ -1,18 +1,24 @@
 """Export the final model as a BioImage.IO model package (spec 0.5, zoo-ready zip).
 
-Axis order. The pipeline works on NIfTI arrays indexed ``(x, y, z)`` and trains the
-network on ``(B, C, x, y, z)`` tensors. The BioImage.IO convention (and every consumer:
-ilastik, deepImageJ, bioimageio.core) lists spatial axes ``z, y, x``. A 3D convolution
-is not invariant to permuting its input axes, but it is *equivariant* if its kernels are
-permuted the same way: for ``x' = x.transpose(z, y, x)`` and ``w' = w`` with its three
-spatial axes reversed, ``conv(x', w') = conv(x, w).transpose(...)``. Strides, kernel
-sizes and padding are isotropic in MONAI's UNet / SegResNet as configured here, so
-reversing the spatial axes of every 5-D weight gives a network that works on
-``(b, c, z, y, x)`` data and reproduces the pipeline's output transposed (up to float
-summation order). That keeps the architecture a plain library call
-(``monai.networks.nets.UNet`` with kwargs) while the package declares the axes the
-zoo expects; :func:`to_zyx_state_dict` does it and the export checks the equivalence
-numerically before writing anything.
+The model IS the pipeline's inference. ``reproseg predict`` never runs the network on a
+whole volume: it slides windows of the training patch over it (25 % overlap, Gaussian
+blending, float16 blend for large volumes; :mod:`reproseg.predict`), and with instance
+normalisation a whole-volume pass gives another segmentation. So the package's architecture is
+:class:`reproseg.publish.sliding_window_model.SlidingWindowSegmenter` (a file of the
+package): its forward pass is MONAI's ``sliding_window_inference`` with the pipeline's
+settings around the pipeline's own network and weights; the TorchScript weights script
+the same loop. The export compares both with ``reproseg predict`` on the test image and
+stores the agreement in ``config.reproseg.inference``.
+
+Axis order. The pipeline works on NIfTI arrays indexed ``(x, y, z)``; BioImage.IO (and
+ilastik, deepImageJ, bioimageio.core) lists spatial axes ``z, y, x``. The model transposes
+its ``z, y, x`` input to the network's ``x, y, z`` and the logits back, so the windows,
+their order and every float16 rounding are the pipeline's own. (Reversing every kernel's
+axes, :func:`to_zyx_state_dict`, also gives an equivalent network, but it visits the
+windows in another order, and float16 blending then rounds differently.)
+
+The space axes declare the voxel size in mm (``scale``, ``unit: millimeter``) that the
+model expects: :func:`model_spacing_xyz`.
 
 Preprocessing is declared in the spec's terms with the fold's statistics (learned on the
 training cases only): ``clip(min=clip_low, max=clip_high)`` then
@@ -49,10 +55,20 @@ from reproseg.io import (
     read_json,
     read_tsv,
     save_torch,
+    sha256_bytes,
     sha256_file,
+    write_bytes,
     write_json,
 )
 from reproseg.logs import get_logger
+from reproseg.predict import (
+    FLOAT32_BLEND_MAX_BYTES,
+    SW_MODE,
+    SW_OVERLAP,
+    model_spacing,
+    predict_probabilities,
+)
+from reproseg.publish import sliding_window_model
 from reproseg.publish.common import (
     FinalModel,
     Job,
@@ -60,6 +76,7 @@ from reproseg.publish.common import (
     check_job_files,
     choose_final_model,
 )
+from reproseg.publish.sliding_window_model import SlidingWindowSegmenter
 
 log = get_logger("publish.bioimageio")
 
@@ -104,6 +121,169 @@ def to_zyx_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
         k: (v.permute(0, 1, 4, 3, 2).contiguous() if v.ndim == 5 else v.clone())
         for k, v in state_dict.items()
     }
+
+
+def model_spacing_xyz(
+    ckpt: dict[str, Any], files: RunFiles, train_cases: list[str]
+) -> tuple[tuple[float, float, float], str]:
+    """Voxel size (mm, x, y, z) the model expects, and where it was read from.
+
+    The one place that decides the physical scale declared in the package: the working
+    grid the model file records (:func:`reproseg.predict.model_spacing`, the grid
+    ``reproseg predict`` resamples every image to), otherwise - a model trained on its
+    data's own voxel grids - the median spacing of the fold's training images (manifest
+    ``spacing`` column, else their NIfTI headers). Training images with different spacings
+    are logged, because then no single voxel size describes what the network saw.
+    """
+    working = model_spacing(ckpt)
+    if working is not None:
+        sp = [float(v) for v in working]
+        if len(sp) != 3 or min(sp) <= 0:
+            raise ValueError(f"model.pt: working-grid spacing must be 3 sizes > 0 mm, got {sp}")
+        return (sp[0], sp[1], sp[2]), "the model's working grid (model.pt target_spacing)"
+    manifest = read_tsv(files.manifest_tsv)
+    rows = manifest[manifest["case_id"].astype(str).isin([str(c) for c in train_cases])]
+    if rows.empty:
+        raise ValueError(
+            f"{files.manifest_tsv}: none of the training cases {train_cases} is listed"
+        )
+    spacings = []
+    for row in rows.itertuples():
+        raw = getattr(row, "spacing", None)
+        if isinstance(raw, str) and raw.strip():
+            spacings.append([float(v) for v in raw.split(",")])
+        else:
+            import nibabel as nib
+
+            zooms = nib.load(str(files.workdir / str(row.image))).header.get_zooms()[:3]
+            spacings.append([float(v) for v in zooms])
+    arr = np.asarray(spacings, dtype=float)
+    median = np.median(arr, axis=0)
+    if np.abs(arr - median).max() > 1e-3:
+        log.warning(
+            "training images have different voxel sizes (%s .. %s mm): the package declares the "
+            "median %s mm",
+            arr.min(axis=0).tolist(),
+            arr.max(axis=0).tolist(),
+            median.tolist(),
+        )
+    # NIfTI stores float32 zooms: 6 decimals keep 0.9 from reading as 0.8999999761581421.
+    sp = [round(float(v), 6) for v in median]
+    return (sp[0], sp[1], sp[2]), f"median of the {len(arr)} training images of the fold"
+
+
+#: Gaussian sigma of the blending window, as a fraction of its side: MONAI's default,
+#: which ``reproseg.predict.sliding_window_logits`` uses.
+SW_SIGMA_SCALE = 0.125
+
+#: Name of the architecture file inside the package (a copy of
+#: :mod:`reproseg.publish.sliding_window_model`, so the package needs torch and MONAI only).
+ARCH_FILE = "reproseg_sliding_window.py"
+
+#: Fixed timestamp of every member of the zip files written here (the zip epoch).
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+#: How close the package must come to ``reproseg predict`` on the test image before the
+#: export writes anything. The package computes the pipeline's logits bit for bit, but for
+#: a volume whose float32 class stack exceeds ``FLOAT32_BLEND_MAX_BYTES`` the pipeline
+#: stores its probabilities in float16 (steps of 2.4e-4 below 0.5, 4.9e-4 above) and the
+#: package returns them in float32; 1e-3 is also ``bioimageio test``'s own tolerance.
+MAX_PROB_DIFF = 1e-3
+#: Two classes whose probabilities differ by at most this much in ``reproseg predict``'s
+#: float16 output are tied: its argmax there is decided by float16 rounding (and by the
+#: lower class index), so only at such voxels may the package's argmax differ.
+TIE_TOLERANCE = 2e-3
+
+
+def pipeline_agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Agreement of ``other`` with ``reference`` (``(C, ...)`` probabilities of the pipeline).
+
+    ``argmax_equal_fraction`` and ``max_probability_difference``, plus
+    ``unexplained_argmax_differences``: voxels with another argmax although the pipeline's
+    two best classes are not tied (:data:`TIE_TOLERANCE`); zero for a faithful package.
+    """
+    if reference.shape != other.shape:
+        raise ValueError(f"agreement: shapes differ, {reference.shape} vs {other.shape}")
+    ref = np.asarray(reference, dtype=np.float32)
+    oth = np.asarray(other, dtype=np.float32)
+    differ = ref.argmax(axis=0) != oth.argmax(axis=0)
+    top2 = np.sort(ref, axis=0)[-2:]
+    tied = (top2[1] - top2[0]) <= TIE_TOLERANCE
+    return {
+        "argmax_equal_fraction": float(1.0 - differ.mean()),
+        "max_probability_difference": float(np.abs(ref - oth).max()),
+        "unexplained_argmax_differences": int((differ & ~tied).sum()),
+    }
+
+
+def script_model(
+    model: SlidingWindowSegmenter, sw_kwargs: dict[str, Any]
+) -> torch.jit.ScriptModule:
+    """TorchScript of the sliding-window model: the network traced on one window, the loop scripted.
+
+    Tracing the whole model would freeze the number of windows of the example; scripting
+    the network fails for SegResNet. The network only ever sees windows of ``roi_size``,
+    so a trace at that size is exact, and the scripted loop handles any volume size.
+    """
+    copy = SlidingWindowSegmenter(**sw_kwargs)
+    copy.net.load_state_dict(model.net.state_dict(), strict=True)
+    copy.eval()
+    example = torch.randn(1, 1, *sw_kwargs["roi_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        # The only traced Python branches are norm-layer shape checks (channel count,
+        # spatial size > 1): constants for every window, so the warnings are noise.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        copy.net = torch.jit.trace(copy.net, example)
+    return torch.jit.script(copy)
+
+
+def torchscript_bytes(module: torch.jit.ScriptModule) -> bytes:
+    """``torch.jit.save`` bytes made reproducible across machines and clones.
+
+    ``torch.jit.save`` is deterministic within one environment (fixed zip timestamps, no
+    file name: saved to memory), but it stores ``*.debug_pkl`` source-range records that
+    hold the absolute paths of the Python files it compiled (the virtual environment's
+    ``site-packages``), and a ``.data/serialization_id`` derived from all records. The
+    debug records only serve error messages; they are dropped, the id is recomputed from
+    what remains, and the zip is rewritten with the original member order and the zip
+    epoch as timestamp. ``torch.jit.load`` reads the result (the export checks it).
+    One thing stays process-dependent: TorchScript names re-compiled classes
+    ``___torch_mangle_<n>`` with a process-wide counter, so the bytes are stable for an
+    export in a fresh process (the pipeline's rule), not after other compilations in the
+    same process.
+    """
+    import io as _io
+
+    buffer = _io.BytesIO()
+    torch.jit.save(module, buffer)
+    src = zipfile.ZipFile(_io.BytesIO(buffer.getvalue()))
+    members = [i.filename for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
+    digest = sha256_bytes(
+        b"".join(
+            n.encode() + src.read(n) for n in members if not n.endswith("/.data/serialization_id")
+        )
+    )
+    out = _io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name in members:
+            body = (
+                str(int(digest[:32], 16)).encode()
+                if name.endswith("/.data/serialization_id")
+                else src.read(name)
+            )
+            dst.writestr(zipfile.ZipInfo(name, date_time=ZIP_EPOCH), body)
+    data = out.getvalue()
+    torch.jit.load(_io.BytesIO(data))  # fails loudly if the rewrite broke the archive
+    return data
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io as _io
+
+    buffer = _io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _size_divisor(cfg: ModelConfig) -> int:
@@ -167,6 +347,9 @@ def _readme(
     files: RunFiles,
     case_id: str,
     out_channels: int,
+    spacing_xyz: tuple[float, float, float],
+    patch_zyx: list[int],
+    agreement: dict[str, dict[str, float]],
 ) -> str:
     """Model card: what it does, how to use it, axis convention, training and validation."""
     table = files.table_md
@@ -195,22 +378,42 @@ the ReproSeg Snakemake pipeline (run `{cfg.run_name}`) with MONAI's
 {ensemble_note}
 ## Input and output
 
-- Input `image`: one {cfg.metadata.modality} volume, axes `batch, channel, z, y, x`, float32
-  intensities{_intensity_unit(cfg)}.
-  Each spatial side must be a multiple of {_size_divisor(ModelConfig.model_validate(ckpt["model_config"]))}.
+- Input `image`: one {cfg.metadata.modality} volume of any size, axes `batch, channel, z, y, x`, float32
+  intensities{_intensity_unit(cfg)}, voxel size {_spacing_text(spacing_xyz)} mm (z, y, x; declared as `scale` of the space axes).
 - Preprocessing (declared in rdf.yaml, learned on the fold's training cases only):
   clip to [{pre["clip_low"]:.4g}, {pre["clip_high"]:.4g}] (percentiles {pre.get("percentiles")}),
   then (x - {pre["mean"]:.6g}) / {pre["std"]:.6g}.
 - Output `probabilities`: softmax over the {out_channels} classes ({labels}), same spatial axes;
   the segmentation is the argmax over `channel`.
 
+### Same prediction as the pipeline
+
+The model's forward pass is ReproSeg's own inference, not a single pass of the network over
+the whole volume: the volume is cut into windows of the training patch
+({" x ".join(map(str, patch_zyx))} voxels, z, y, x) with {SW_OVERLAP:.0%} overlap, each window goes
+through the network, and the windows' outputs are blended with a Gaussian weight (MONAI
+`sliding_window_inference`, exactly the settings of `reproseg predict`; volumes smaller than a
+window are zero-padded after normalisation and cropped back). The network uses instance
+normalisation, so a whole-volume pass would give a different segmentation. Run the package on
+the whole volume: **do not tile it yourself** (no block-wise prediction in bioimageio.core, no
+tiling in deepImageJ or ilastik), since tiles would be normalised on their own again.
+The export compared both weight formats with `reproseg predict` on the test image
+(`test_output.npy` *is* the output of `reproseg predict`; `bioimageio test` compares to it):
+{_agreement_md(agreement)}
+The logits are those of `reproseg predict`, bit for bit. For a large volume (9 classes: above
+about 30 million voxels) `reproseg predict` blends and stores the probabilities in float16
+(steps of 2.4e-4 below 0.5, 4.9e-4 above) and the package does the same blend but returns
+float32 probabilities, so the argmax can differ only where two classes tie in float16.
+
+Give the volume at the declared voxel size (`scale` of the space axes, mm):
+`reproseg predict` resamples any image to the model's grid first; this package does not.
+
 ### Axis order
 
 ReproSeg's NIfTI arrays are indexed `x, y, z` (RAS). This package follows the BioImage.IO
 convention `z, y, x`: transpose a NIfTI array with `array.transpose(2, 1, 0)` before inference and
-the output back the same way. The weights were converted for this order by reversing the spatial
-axes of every 3D kernel, which makes the network exactly equivariant to the transposition; the
-export checked numerically that it reproduces the pipeline's prediction.
+the output back the same way. Inside, the model transposes the volume back to the network's
+`x, y, z`, so the windows and their blending are exactly those of `reproseg predict`.
 
 ## Training
 
@@ -234,6 +437,18 @@ source): it reports the same metrics per case and class.
 
 Trained on {"synthetic" if cfg.source.kind == "synthetic" else "a small set of"} {cfg.metadata.modality} volumes; not for clinical use.
 """
+
+
+def _agreement_md(agreement: dict[str, dict[str, float]]) -> str:
+    return "\n".join(
+        f"- `{fmt}`: same argmax on {a['argmax_equal_fraction']:.4%} of the voxels, largest "
+        f"probability difference {a['max_probability_difference']:.2g}"
+        for fmt, a in agreement.items()
+    )
+
+
+def _spacing_text(spacing_xyz: tuple[float, float, float]) -> str:
+    return " x ".join(f"{v:.4g}" for v in spacing_xyz[::-1])
 
 
 def _training_data_md(cfg: Config, files: RunFiles, splits: dict[str, Any]) -> str:
@@ -262,8 +477,9 @@ def _bioimageio_config(
 ) -> dict[str, Any]:
     """``config``: training details, evaluation records, energy, and ReproSeg provenance."""
     t = cfg.train
-    history = read_tsv(job.model_dir / "history.tsv")
-    seconds = float(history["seconds"].sum()) if "seconds" in history else None
+    # No training time and no energy here (spec fields training_duration and
+    # environmental_impact): they change between identical runs (reproseg.volatile), and the
+    # package must be byte-identical; they stay in emissions.json, MLflow and the report.
     bio: dict[str, Any] = {
         "architecture_type": f"3D {ckpt['model_config'].get('arch', 'UNet')}",
         "modality": cfg.metadata.imaging_method,
@@ -281,25 +497,8 @@ def _bioimageio_config(
             "optimizer_kwargs": {"lr": t.learning_rate, "weight_decay": t.weight_decay},
             "regularization": f"weight decay {t.weight_decay}, dropout {ckpt['model_config'].get('dropout', 0.0)}"
             + (", intensity augmentation" if t.augment else ""),
-            **({"training_duration": seconds / 3600.0} if seconds is not None else {}),
         },
     }
-    emissions = job.model_dir / "emissions.json"
-    if emissions.is_file():
-        em = read_json(emissions)
-        bio["environmental_impact"] = {
-            "hardware_type": "CPU/GPU as recorded in environment.json",
-            **(
-                {"hours_used": float(em["duration_s"]) / 3600}
-                if isinstance(em.get("duration_s"), (int, float))
-                else {}
-            ),
-            **(
-                {"co2_emitted": float(em["emissions_kg"])}
-                if isinstance(em.get("emissions_kg"), (int, float))
-                else {}
-            ),
-        }
     evaluation = _evaluation_record(cfg, job)
     source_url = _dataset_url(cfg)
     if evaluation and source_url:
@@ -322,7 +521,8 @@ def _bioimageio_config(
                 if isinstance(v, (int, float, str, list))
             },
             "train": cfg.train.model_dump(mode="json"),
-            "axis_order_note": "weights converted from x,y,z to z,y,x by reversing 3D kernel axes",
+            "axis_order_note": "the model transposes z,y,x inputs to the network's x,y,z "
+            "and the logits back (SlidingWindowSegmenter transpose_spatial)",
             # Same record as config.bioimageio.evaluations, also when the data has no web URL
             # (the spec requires one there; the synthetic and local sources have none).
             **({"evaluation": evaluation} if evaluation else {}),
@@ -376,18 +576,42 @@ def _evaluation_record(cfg: Config, job: Job) -> dict[str, Any] | None:
     }
 
 
+#: Declared voxel sizes are multiples of 2**-16 mm (see :func:`dyadic_scale`).
+SCALE_QUANTUM = 2.0**-16
+
+
+def dyadic_scale(mm: float) -> float:
+    """A voxel size rounded to a multiple of 2**-16 mm (at most 7.6e-6 mm off).
+
+    bioimageio.spec 0.5.12 sizes an output axis that refers to an input axis as
+    ``size * scale_in / scale_out`` and compares that float exactly (and bioimageio.core
+    floors it): with a scale such as 0.8 mm, ``24 * 0.8 / 0.8`` is 24.000000000000004
+    and the package is rejected (or 23.999... is floored to 23). A multiple of a power of
+    two makes the product and the quotient exact for every volume size.
+    """
+    return round(float(mm) / SCALE_QUANTUM) * SCALE_QUANTUM
+
+
 def _tensor_axes(
-    spatial_min: int, step: int, channel_names: list[str], ref: str | None
+    spatial_min: int,
+    step: int,
+    channel_names: list[str],
+    ref: str | None,
+    spacing_zyx: tuple[float, float, float] | None = None,
 ) -> list[dict[str, Any]]:
+    """Axes ``batch, channel, z, y, x``; the space axes carry the voxel size in mm if known."""
     axes: list[dict[str, Any]] = [
         {"type": "batch"},
         {"type": "channel", "channel_names": channel_names},
     ]
-    for ax in ("z", "y", "x"):
+    for i, ax in enumerate(("z", "y", "x")):
         size: dict[str, Any] = (
             {"tensor_id": ref, "axis_id": ax} if ref else {"min": spatial_min, "step": step}
         )
-        axes.append({"type": "space", "id": ax, "size": size})
+        axis: dict[str, Any] = {"type": "space", "id": ax, "size": size}
+        if spacing_zyx is not None:
+            axis.update({"unit": "millimeter", "scale": dyadic_scale(spacing_zyx[i])})
+        axes.append(axis)
     return axes
 
 
@@ -402,7 +626,7 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
 
     ``files`` are the export rule's declared inputs: nothing else is read."""
     from reproseg.data import preprocess_image
-    from reproseg.models import count_parameters
+    from reproseg.models import count_parameters, export_architecture
 
     final = choose_final_model(cfg, files.jobs())
     check_job_files(final.members)
@@ -420,54 +644,85 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
             f"{job.model_dir / 'model.pt'}: only single-channel models can be exported"
         )
     net = model_file.load_network()
-    callable_name, kwargs = architecture_kwargs(model_cfg, n_out)
-    from monai.networks import nets
-
-    net_zyx = getattr(nets, callable_name)(**kwargs)
-    net_zyx.load_state_dict(to_zyx_state_dict(net.state_dict()), strict=True)
-    net_zyx.eval()
+    # The pipeline's own network (x, y, z) with the pipeline's own weights: the package's
+    # model transposes z, y, x data to it and back (SlidingWindowSegmenter), so windows,
+    # blending order and float16 rounding are those of `reproseg predict`, bit for bit.
+    arch = export_architecture(model_cfg, 1, n_out)
+    if arch.import_from != "monai.networks.nets":
+        raise ValueError(f"bioimageio: {model_cfg.arch} is not a monai.networks.nets class")
+    patch_xyz = [int(v) for v in ckpt.get("patch_size") or cfg.train.patch_size]
+    sw_batch = int(ckpt.get("sw_batch_size", 2))
+    # The package's model is the pipeline's inference: sliding windows of the training
+    # patch over the network, in the network's x, y, z order.
+    sw_kwargs: dict[str, Any] = {
+        "net_callable": arch.callable,
+        "net_kwargs": arch.kwargs,
+        "roi_size": patch_xyz,
+        "overlap": SW_OVERLAP,
+        "mode": SW_MODE,
+        "sigma_scale": SW_SIGMA_SCALE,
+        "sw_batch_size": sw_batch,
+        "blend_dtype": "auto",
+        "n_classes": n_out,
+        "float32_max_bytes": FLOAT32_BLEND_MAX_BYTES,
+        "transpose_spatial": True,
+    }
+    model = SlidingWindowSegmenter(**sw_kwargs)
+    model.net.load_state_dict(net.state_dict(), strict=True)
+    model.eval()
 
     splits = read_json(files.splits)
-    divisor = _size_divisor(model_cfg)
-    volume_xyz, case_id = _test_volume(files, splits, divisor)
-    with torch.no_grad():
-        x = torch.from_numpy(preprocess_image(volume_xyz, ckpt["preprocessing"])[None, None])
-        probs_xyz = torch.softmax(net(x), dim=1).numpy()
-        probs_from_zyx = torch.softmax(net_zyx(x.permute(0, 1, 4, 3, 2)), dim=1).numpy()
+    volume_xyz, case_id = _test_volume(files, splits, 1)
+    train_cases = next(
+        (f.get("train_cases", []) for f in splits.get("folds", []) if f.get("fold") == job.fold),
+        [],
+    )
+    spacing_xyz, spacing_source = model_spacing_xyz(ckpt, files, list(train_cases))
+    spacing_zyx = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+    meta = {**ckpt, "patch_size": patch_xyz, "sw_batch_size": sw_batch}
+    # The reference is what `reproseg predict` computes (reproseg.predict), not a re-derivation.
+    probs_xyz = predict_probabilities(net, meta, volume_xyz)[None]
     test_input = np.ascontiguousarray(volume_xyz.transpose(2, 1, 0)[None, None], dtype=np.float32)
     test_output = np.ascontiguousarray(probs_xyz.transpose(0, 1, 4, 3, 2), dtype=np.float32)
-    err = float(np.abs(probs_from_zyx - test_output).max())
-    if not err < 1e-4:
-        raise ValueError(
-            f"{job.model_dir / 'model.pt'}: z,y,x weight conversion changes the output (max {err:.2e})"
-        )
-
-    package_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-
-    def put(name: str) -> Path:
-        files[name] = package_dir / name
-        return files[name]
-
-    np.save(put("test_input.npy"), test_input)
-    np.save(put("test_output.npy"), test_output)
-    _write_tif(put("sample_input.tif"), test_input)
-    _write_tif(put("sample_output.tif"), test_output)
-    save_torch(put("weights_zyx.pt"), net_zyx.state_dict())
-    example = torch.from_numpy(
+    x_zyx = torch.from_numpy(
         preprocess_image(volume_xyz, ckpt["preprocessing"]).transpose(2, 1, 0)[None, None].copy()
     )
-    # Tracing, not scripting: SegResNet is not scriptable, and these networks have no
-    # shape-dependent Python branches (bioimageio test runs the trace on several sizes).
-    with torch.no_grad(), warnings.catch_warnings():
-        # The only traced Python branches are norm-layer shape checks (channel count,
-        # spatial size > 1): constants for every valid input, so the warnings are noise.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(net_zyx, example)
-    traced.save(str(put("weights_zyx.torchscript.pt")))
+    scripted = script_model(model, sw_kwargs)
+    with torch.no_grad():
+        probs_eager = torch.softmax(model(x_zyx), dim=1).numpy()
+        probs_script = torch.softmax(scripted(x_zyx), dim=1).numpy()
+    agreement: dict[str, dict[str, float]] = {}
+    for what, got in (("pytorch_state_dict", probs_eager), ("torchscript", probs_script)):
+        agreement[what] = pipeline_agreement(test_output[0], got[0])
+        if not (
+            agreement[what]["max_probability_difference"] < MAX_PROB_DIFF
+            and agreement[what]["unexplained_argmax_differences"] == 0
+        ):
+            raise ValueError(
+                f"{job.model_dir / 'model.pt'}: the package's {what} model does not reproduce "
+                f"`reproseg predict` on {case_id}: {agreement[what]}"
+            )
+
+    package_dir.mkdir(parents=True, exist_ok=True)
+    pkg: dict[str, Path] = {}  # the package's files (not the run's: `files`)
+
+    def put(name: str) -> Path:
+        pkg[name] = package_dir / name
+        return pkg[name]
+
+    write_bytes(put("test_input.npy"), _npy_bytes(test_input))
+    write_bytes(put("test_output.npy"), _npy_bytes(test_output))
+    _write_tif(put("sample_input.tif"), test_input)
+    _write_tif(put("sample_output.tif"), test_output)
+    save_torch(put("weights.pt"), model.state_dict())
+    write_bytes(put("weights.torchscript.pt"), torchscript_bytes(scripted))
+    write_bytes(put(ARCH_FILE), Path(sliding_window_model.__file__).read_bytes())
     _cover(test_input[0, 0], test_output[0], put("cover.png"), n_out, cfg.metadata.modality)
     put("README.md").write_text(
-        _readme(cfg, final, job, ckpt, files, case_id, n_out), encoding="utf-8"
+        _readme(
+            cfg, final, job, ckpt, files, case_id, n_out, spacing_xyz, patch_xyz[::-1], agreement
+        ),
+        encoding="utf-8",
     )
     put("training_data.md").write_text(_training_data_md(cfg, files, splits), encoding="utf-8")
 
@@ -497,8 +752,8 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
                 ]
             )
         ),
-        "documentation": {"source": "README.md", "sha256": sha256_file(files["README.md"])},
-        "covers": [{"source": "cover.png", "sha256": sha256_file(files["cover.png"])}],
+        "documentation": {"source": "README.md", "sha256": sha256_file(pkg["README.md"])},
+        "covers": [{"source": "cover.png", "sha256": sha256_file(pkg["cover.png"])}],
         "version": reproseg.__version__,
         "training_data": {
             "type": "dataset",
@@ -513,7 +768,7 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
             "tags": list(dict.fromkeys([cfg.metadata.modality.lower(), *cfg.metadata.keywords])),
             "documentation": {
                 "source": "training_data.md",
-                "sha256": sha256_file(files["training_data.md"]),
+                "sha256": sha256_file(pkg["training_data.md"]),
             },
             **({"source": _dataset_url(cfg)} if _dataset_url(cfg) else {}),
         },
@@ -522,19 +777,22 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
                 "id": "image",
                 "description": f"{cfg.metadata.modality} volume{_intensity_unit(cfg)}, axes z, y, x "
                 "(NIfTI x, y, z transposed).",
+                # Any size: the model pads and tiles internally exactly like the pipeline, so
+                # min 1 / step 1 is the truth; consumers must not tile (README, docs).
                 "axes": _tensor_axes(
-                    2 * divisor,
-                    divisor,
+                    1,
+                    1,
                     ["".join(c if c.isalnum() else "_" for c in cfg.metadata.modality.lower())],
                     None,
+                    spacing_zyx,
                 ),
                 "test_tensor": {
                     "source": "test_input.npy",
-                    "sha256": sha256_file(files["test_input.npy"]),
+                    "sha256": sha256_file(pkg["test_input.npy"]),
                 },
                 "sample_tensor": {
                     "source": "sample_input.tif",
-                    "sha256": sha256_file(files["sample_input.tif"]),
+                    "sha256": sha256_file(pkg["sample_input.tif"]),
                 },
                 "data": {"type": "float32"},
                 "preprocessing": [
@@ -553,14 +811,14 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
             {
                 "id": "probabilities",
                 "description": "Softmax probability of each label; argmax over channel gives the segments.",
-                "axes": _tensor_axes(0, 0, channel_names, "image"),
+                "axes": _tensor_axes(0, 0, channel_names, "image", spacing_zyx),
                 "test_tensor": {
                     "source": "test_output.npy",
-                    "sha256": sha256_file(files["test_output.npy"]),
+                    "sha256": sha256_file(pkg["test_output.npy"]),
                 },
                 "sample_tensor": {
                     "source": "sample_output.tif",
-                    "sha256": sha256_file(files["sample_output.tif"]),
+                    "sha256": sha256_file(pkg["sample_output.tif"]),
                 },
                 "data": {"type": "float32", "range": [0.0, 1.0]},
                 "postprocessing": [{"id": "softmax", "kwargs": {"axis": "channel"}}],
@@ -568,23 +826,31 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
         ],
         "weights": {
             "pytorch_state_dict": {
-                "source": "weights_zyx.pt",
-                "sha256": sha256_file(files["weights_zyx.pt"]),
+                "source": "weights.pt",
+                "sha256": sha256_file(pkg["weights.pt"]),
                 "architecture": {
-                    "callable": callable_name,
-                    "import_from": "monai.networks.nets",
-                    "kwargs": kwargs,
+                    "source": ARCH_FILE,
+                    "sha256": sha256_file(pkg[ARCH_FILE]),
+                    "callable": "SlidingWindowSegmenter",
+                    "kwargs": sw_kwargs,
                 },
                 "pytorch_version": torch_version,
             },
             "torchscript": {
-                "source": "weights_zyx.torchscript.pt",
-                "sha256": sha256_file(files["weights_zyx.torchscript.pt"]),
+                "source": "weights.torchscript.pt",
+                "sha256": sha256_file(pkg["weights.torchscript.pt"]),
                 "pytorch_version": torch_version,
                 "parent": "pytorch_state_dict",
             },
         },
         "config": _bioimageio_config(cfg, final, job, ckpt, files, count_parameters(net)),
+    }
+    rdf["config"]["reproseg"]["inference"] = {
+        "sliding_window": {k: v for k, v in sw_kwargs.items() if k != "net_kwargs"},
+        "spacing_mm_xyz": list(spacing_xyz),
+        "spacing_source": spacing_source,
+        # measured by the export on the test image (test_input.npy), both weight formats
+        "agreement_with_reproseg_predict": agreement,
     }
     rdf_path = package_dir / "rdf.yaml"
     rdf_path.write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -636,6 +902,9 @@ def export_bioimageio(
             save_bioimageio_package(rdf, output_path=tmp_zip)
             members = check_zip_members(tmp_zip)
             summary = validate_package(tmp_zip)
+        # The validator names the temporary zip (random name, absolute path): record the
+        # package's own name, so the summary is the same in every run and working directory.
+        summary["source_name"] = out_zip.name
         if folder.exists():
             shutil.rmtree(folder)
         with zipfile.ZipFile(out_zip) as zf:

@@ -40,11 +40,20 @@ class SlidingWindowSegmenter(torch.nn.Module):
         mode: window blending, ``gaussian`` or ``constant`` (pipeline: gaussian).
         sigma_scale: Gaussian sigma as a fraction of the window side (MONAI default 0.125).
         sw_batch_size: windows per network call (the pipeline's ``sw_batch_size``).
-        blend_dtype: ``float16`` or ``float32``: the dtype in which the pipeline hands the
-            normalised volume to the sliding window and blends the windows' logits (each
-            window runs through the network in float32). ``reproseg predict`` blends in
-            float16 to halve its largest buffer; the package does the same so that it
+        blend_dtype: ``float16``, ``float32`` or ``auto``: the dtype in which the volume is
+            handed to the sliding window and the windows' logits are blended (each window
+            runs through the network in float32). ``reproseg predict`` blends a large
+            volume in float16 to halve its largest buffer and a small one in float32
+            (``auto``: float32 when ``n_classes`` float32 values per voxel fit
+            ``float32_max_bytes``); the package makes the same choice so that it
             reproduces those numbers, not merely close ones.
+        n_classes: output channels, for ``auto``.
+        float32_max_bytes: the pipeline's ``FLOAT32_BLEND_MAX_BYTES``, for ``auto``.
+        transpose_spatial: the input's spatial axes are the reverse of the network's
+            (BioImage.IO ``z, y, x`` data, a network trained on NIfTI ``x, y, z``): the
+            volume is transposed before the windows and the logits transposed back, so the
+            pipeline's own network, window grid and blending order run unchanged.
+            ``roi_size`` is then in the network's axis order.
     """
 
     roi_size: list[int]
@@ -52,7 +61,10 @@ class SlidingWindowSegmenter(torch.nn.Module):
     mode: str
     sigma_scale: float
     sw_batch_size: int
-    half: bool
+    blend: str
+    n_classes: int
+    float32_max_bytes: int
+    transpose_spatial: bool
 
     def __init__(
         self,
@@ -64,6 +76,9 @@ class SlidingWindowSegmenter(torch.nn.Module):
         sigma_scale: float = 0.125,
         sw_batch_size: int = 2,
         blend_dtype: str = "float32",
+        transpose_spatial: bool = False,
+        n_classes: int = 0,
+        float32_max_bytes: int = 0,
     ) -> None:
         super().__init__()
         from monai.data.utils import compute_importance_map
@@ -79,9 +94,14 @@ class SlidingWindowSegmenter(torch.nn.Module):
         self.mode = str(mode)
         self.sigma_scale = float(sigma_scale)
         self.sw_batch_size = max(1, int(sw_batch_size))
-        if blend_dtype not in ("float16", "float32"):
-            raise ValueError(f"blend_dtype must be float16 or float32, got {blend_dtype!r}")
-        self.half = blend_dtype == "float16"
+        if blend_dtype not in ("float16", "float32", "auto"):
+            raise ValueError(f"blend_dtype must be float16, float32 or auto, got {blend_dtype!r}")
+        if blend_dtype == "auto" and (int(n_classes) < 1 or int(float32_max_bytes) < 1):
+            raise ValueError("blend_dtype auto needs n_classes and float32_max_bytes")
+        self.blend = str(blend_dtype)
+        self.n_classes = int(n_classes)
+        self.float32_max_bytes = int(float32_max_bytes)
+        self.transpose_spatial = bool(transpose_spatial)
         # After padding every window has the full roi size, so one map serves all windows;
         # not persistent: the state dict holds the network's weights only.
         importance = compute_importance_map(
@@ -91,12 +111,28 @@ class SlidingWindowSegmenter(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, *spatial)`` (float32) of a preprocessed ``(B, 1, *spatial)`` tensor."""
-        x = x.to(torch.float16 if self.half else torch.float32)
+        x = x.to(self._blend_dtype(x))
+        if self.transpose_spatial:
+            # contiguous: the windows must have the memory layout of the pipeline's, or the
+            # convolutions take another code path and round differently
+            x = x.permute(0, 1, 4, 3, 2).contiguous()
         if torch.jit.is_scripting():
             out = self._tiled(x)
         else:
             out = self._monai(x)
-        return out.to(torch.float32)
+        if self.transpose_spatial:
+            out = out.permute(0, 1, 4, 3, 2)
+        return out.to(torch.float32).contiguous()
+
+    def _blend_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The pipeline's choice (``reproseg.predict.member_probabilities``) for this volume."""
+        if self.blend == "float16":
+            return torch.float16
+        if self.blend == "float32":
+            return torch.float32
+        voxels = x.shape[2] * x.shape[3] * x.shape[4]
+        small = self.n_classes * voxels * 4 <= self.float32_max_bytes
+        return torch.float32 if small else torch.float16
 
     def _window(self, window: torch.Tensor) -> torch.Tensor:
         """One batch of windows through the network in float32, back in the blend dtype."""
