@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000])
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--no-ratio", action="store_true", help="skip the MONAI comparison")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write results + targets here")
     args = parser.parse_args(argv)
@@ -182,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             image = str(Path(tmp) / f"ct{n}.nii.gz")
             make_ct(Path(image), n, SLICE_MM.get(n, 2.5))
             row: dict = {"shape": [512, 512, n], "spacing_mm": [0.8, 0.8, SLICE_MM.get(n, 2.5)]}
-            for kind, extra in (("predict", [str(Path(tmp) / "out.nii.gz")]), ("ratio", [])):
+            kinds = [("predict", [str(Path(tmp) / "out.nii.gz")])]
+            kinds += [] if args.no_ratio else [("ratio", [])]
+            for kind, extra in kinds:
                 cmd = [sys.executable, __file__, "--threads", str(args.threads)]
                 cmd += ["--reps", str(args.reps), "--child", kind, model, image, *extra]
                 run = subprocess.run(cmd, capture_output=True, text=True, check=False)
