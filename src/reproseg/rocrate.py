@@ -250,14 +250,39 @@ def build_crate(
     results: str | Path = "results",
     jobs: list[Job] | None = None,
 ) -> Any:
-    """Assemble the rocrate.ROCrate object of the run (nothing written except the snapshot)."""
-    from rocrate.model.contextentity import ContextEntity
+    """Assemble the rocrate.ROCrate object of the run (nothing written except the snapshot).
+
+    The steps: snapshot the workflow; the root dataset's description; the main workflow
+    entity; one data entity per file of the run; one action per rule execution; one action
+    for the whole run."""
     from rocrate.rocrate import ROCrate
 
     wd = Path(workdir).resolve()
     res = (wd / results).resolve()
     repo_dir = Path(repo).resolve()
     snapshot_workflow(repo_dir, res / "workflow")
+    jobs = _run_jobs(wd, res, jobs)
+    crate = ROCrate(version="1.1")
+    agent = _describe_root(crate, cfg)
+    wf = crate.add_workflow(
+        res / "workflow" / "workflow" / "Snakefile",
+        "workflow/workflow/Snakefile",
+        main=True,
+        lang="snakemake",
+        properties={
+            "name": "ReproSeg Snakemake workflow",
+            "description": "ingest -> qc -> metadata -> split -> train -> evaluate -> aggregate -> publish -> report",
+        },
+    )
+    entities = _Entities(crate, _add_files(crate, res, wf), wd, res, repo_dir)
+    actions = [_run_action(crate, cfg, wf, jobs, entities.by_path)]
+    actions += _job_actions(crate, jobs, entities, agent)
+    crate.root_dataset["mentions"] = actions
+    return crate
+
+
+def _run_jobs(wd: Path, res: Path, jobs: list[Job] | None) -> list[Job]:
+    """The rule executions the crate describes: Snakemake's records unless given."""
     if jobs is None:
         jobs = jobs_from_snakemake_metadata(wd)
     if not jobs:
@@ -271,8 +296,14 @@ def build_crate(
         (res / n).relative_to(wd).as_posix()
         for n in ("ro-crate-metadata.json", "ro-crate.zip", "workflow")
     }
-    jobs = [j for j in jobs if not own.intersection(j.outputs)]
-    crate = ROCrate(version="1.1")
+    return [j for j in jobs if not own.intersection(j.outputs)]
+
+
+def _describe_root(crate: Any, cfg: Config) -> Any:
+    """Name, description, license, author, profiles and keywords of the root dataset;
+    returns the agent of the actions (the study contact) or None."""
+    from rocrate.model.contextentity import ContextEntity
+
     crate.name = f"ReproSeg run {cfg.run_name}"
     crate.description = (
         f"Workflow Run RO-Crate of the ReproSeg run '{cfg.run_name}': {cfg.metadata.description} "
@@ -315,18 +346,11 @@ def build_crate(
             )
         )
     crate.root_dataset["keywords"] = ["image segmentation", "reproducibility", "Snakemake", "MONAI"]
+    return agent
 
-    version = _package_version()
-    wf = crate.add_workflow(
-        res / "workflow" / "workflow" / "Snakefile",
-        "workflow/workflow/Snakefile",
-        main=True,
-        lang="snakemake",
-        properties={
-            "name": "ReproSeg Snakemake workflow",
-            "description": "ingest -> qc -> metadata -> split -> train -> evaluate -> aggregate -> publish -> report",
-        },
-    )
+
+def _add_files(crate: Any, res: Path, wf: Any) -> dict[str, Any]:
+    """One data entity per file of the crate (:func:`crate_files`), by results-relative path."""
     entities: dict[str, Any] = {}
     for f in crate_files(res):
         rel = f.relative_to(res).as_posix()
@@ -340,31 +364,48 @@ def build_crate(
         if not rel.startswith("workflow/"):
             props["sha256"] = sha256_file(f)
         entities[rel] = crate.add_file(f, rel, properties=props)
+    return entities
 
-    def entity(path: str) -> Any:
-        """Crate entity of a workdir-relative path; files outside results/ become contextual."""
-        p = (wd / path).resolve()
-        try:
-            rel = p.relative_to(res).as_posix()
-        except ValueError:
-            rel = None
-        if rel is not None and rel in entities:
-            return entities[rel]
-        if p.is_relative_to(repo_dir):  # a workflow file (lock file, template): its snapshot
-            snap = f"workflow/{p.relative_to(repo_dir).as_posix()}"
-            if snap in entities:
-                return entities[snap]
+
+@dataclass
+class _Entities:
+    """The crate entity of any path a job names (inputs and outputs are workdir-relative)."""
+
+    crate: Any
+    by_path: dict[str, Any]
+    wd: Path
+    res: Path
+    repo_dir: Path
+
+    def __call__(self, path: str) -> Any:
+        """A file of the crate; a workflow file's snapshot; else a contextual entity."""
+        from rocrate.model.contextentity import ContextEntity
+
+        p = (self.wd / path).resolve()
+        rel = p.relative_to(self.res).as_posix() if p.is_relative_to(self.res) else None
+        if rel is not None and rel in self.by_path:
+            return self.by_path[rel]
+        if p.is_relative_to(self.repo_dir):  # a workflow file (lock file, template)
+            snap = f"workflow/{p.relative_to(self.repo_dir).as_posix()}"
+            if snap in self.by_path:
+                return self.by_path[snap]
         key = f"#file:{path}"
-        if key not in entities:
+        if key not in self.by_path:
             props: dict[str, Any] = {
                 "@type": "Dataset" if p.is_dir() else "File",
                 "name": str(path),
             }
             if p.is_file():
                 props["contentSize"] = p.stat().st_size
-            entities[key] = crate.add(ContextEntity(crate, key, properties=props))
-        return entities[key]
+            self.by_path[key] = self.crate.add(ContextEntity(self.crate, key, properties=props))
+        return self.by_path[key]
 
+
+def _job_actions(crate: Any, jobs: list[Job], entity: _Entities, agent: Any) -> list[Any]:
+    """One CreateAction per rule execution, its instrument the rule (one entity per rule)."""
+    from rocrate.model.contextentity import ContextEntity
+
+    version = _package_version()
     tools: dict[str, Any] = {}
     actions: list[Any] = []
     for job in jobs:
@@ -375,7 +416,7 @@ def build_crate(
                 "name": f"Snakemake rule {job.rule}",
                 "softwareVersion": version,
             }
-            if script in entities:
+            if script in entity.by_path:
                 props["url"] = script
             tools[job.rule] = crate.add(ContextEntity(crate, f"#rule-{job.rule}", properties=props))
         wc = "".join(f" {k}={v}" for k, v in job.wildcards.items())
@@ -399,7 +440,11 @@ def build_crate(
                 properties=props,
             )
         )
-    # The run as a whole: the workflow, what it was given and what it produced.
+    return actions
+
+
+def _run_action(crate: Any, cfg: Config, wf: Any, jobs: list[Job], entities: dict[str, Any]) -> Any:
+    """The run as a whole: the workflow, what it was given and what it produced."""
     config_entity = entities.get("metadata/config.yaml")
     run_outputs = [
         entities[k]
@@ -417,17 +462,12 @@ def build_crate(
         props["startTime"] = _iso(min(starts))
     if ends:
         props["endTime"] = _iso(max(ends))
-    actions.insert(
-        0,
-        crate.add_action(
-            wf,
-            object=[config_entity] if config_entity else [],
-            result=run_outputs,
-            properties=props,
-        ),
+    return crate.add_action(
+        wf,
+        object=[config_entity] if config_entity else [],
+        result=run_outputs,
+        properties=props,
     )
-    crate.root_dataset["mentions"] = actions
-    return crate
 
 
 def write_crate(crate: Any, results: str | Path, out_json: str | Path, out_zip: str | Path) -> None:
