@@ -227,7 +227,9 @@ def paper_table(summary: pd.DataFrame, models: Sequence[str] = ()) -> pd.DataFra
     whole = summary.loc[summary["class_index"] == 0, "class_name"].astype(str).unique()
     regions = [*((name, f"whole {name}") for name in whole), _SEGMENTS_REGION]
     rows = []
-    for split, split_name in _SPLITS:
+    # external validation cohorts (split external:<cohort>, reproseg.external) after the internal
+    external = sorted(s for s in summary["split"].astype(str).unique() if s.startswith("external:"))
+    for split, split_name in [*_SPLITS, *((s, s) for s in external)]:
         for method in method_order(summary.loc[summary["split"] == split, "method"], models):
             for region, region_name in regions:
                 if (method, split, region, "dice") not in idx.index:

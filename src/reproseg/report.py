@@ -67,6 +67,7 @@ log = get_logger("report")
 #: The page's sections, in order: (anchor id, title). Tests check every one is rendered.
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("results", "Results"),
+    ("external", "External validation"),
     ("variability", "Variability across folds and seeds"),
     ("boxplots", "Per-class distributions"),
     ("learning-curves", "Learning curves"),
@@ -178,7 +179,10 @@ def results_section(inp: ReportInputs) -> dict[str, Any]:
     need |= {f"{s}_over_{k}" for s in ("mean", "std") for k in ("folds", "seeds")}
     if not need <= set(summary.columns):
         raise ValueError(f"{inp.summary_tsv}: lacks columns {sorted(need - set(summary.columns))}")
-    dice = summary[summary["metric"] == "dice"]
+    # the spread is of the internal evaluation; external cohorts have their own section
+    split = summary["split"] if "split" in summary else pd.Series("", index=summary.index)
+    internal = ~split.astype(str).str.startswith("external:")
+    dice = summary[(summary["metric"] == "dice") & internal]
     rows = []
     for method, grp in dice.groupby("method", sort=True):
         # The whole-foreground class: class_index 0, named by the config's foreground_name.
@@ -217,7 +221,38 @@ def results_section(inp: ReportInputs) -> dict[str, Any]:
         else "",
         "spread": _table_html(spread),
         "verdict": verdict,
+        "external": external_section(summary),
     }
+
+
+def external_section(summary: pd.DataFrame) -> dict[str, Any]:
+    """Internal test vs external cohorts side by side (Dice per method and region), so the
+    generalisation gap is visible (reproseg.external.external_gap); a plain "none" without
+    cohorts, because the absence of external validation is a result too."""
+    from reproseg.external import external_gap
+
+    gap = external_gap(summary)
+    if gap.empty:
+        return {"table": "", "n_cohorts": 0}
+
+    def ci(pair: Any) -> str:
+        return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+    view = pd.DataFrame(
+        {
+            "method": gap["method"],
+            "cohort": gap["cohort"],
+            "region": gap["class_name"],
+            "internal test Dice": gap["internal"],
+            "internal 95% CI": gap["internal_ci"].map(ci),
+            "internal cases": gap["n_internal"],
+            "external Dice": gap["external"],
+            "external 95% CI": gap["external_ci"].map(ci),
+            "external cases": gap["n_external"],
+            "gap (external - internal)": gap["gap"],
+        }
+    )
+    return {"table": _table_html(view), "n_cohorts": int(gap["cohort"].nunique())}
 
 
 def boxplot_figures(per_case: pd.DataFrame) -> list[dict[str, str]]:
