@@ -167,6 +167,33 @@ def _redundancy(splits: dict[str, Any], manifest: dict[str, Any]) -> tuple[str, 
     return text, True
 
 
+def _external_validation(cfg: Config, summary: pd.DataFrame) -> str:
+    """DOME's "independent dataset" answer: external validation yes (cohorts, cases, source,
+    whole-foreground Dice per method) or no (reproseg.external)."""
+    from reproseg.external import cohort_source_text, external_facts, split_name
+
+    cohorts = cfg.evaluate.external
+    if "split" not in summary or not cohorts:
+        return "External validation: no (no independent cohort in evaluate.external)."
+    parts = []
+    for fact, cohort in zip(external_facts(summary, cohorts), cohorts, strict=True):
+        rows = summary[
+            (summary["split"].astype(str) == split_name(cohort.name))
+            & (summary["class_index"] == 0)
+            & (summary["metric"] == "dice")
+        ]
+        dice = ", ".join(f"{r.method} {_fmt(r.pooled_mean)}" for r in rows.itertuples())
+        parts.append(
+            f"{cohort.name}: {fact['n_cases']} cases, source {cohort_source_text(cohort)}"
+            + (f" ({cohort.description})" if cohort.description else "")
+            + (f"; whole {cfg.foreground_name} Dice {dice}" if dice else "; not evaluated")
+        )
+    return (
+        f"External validation: yes, {len(cohorts)} cohort(s), never used for training, model "
+        "selection, statistics or splits: " + "; ".join(parts) + "."
+    )
+
+
 def build_dome_record(
     cfg: Config,
     splits: dict[str, Any],
@@ -195,6 +222,10 @@ def build_dome_record(
     baselines = [m for m in methods if m.startswith("baseline_")]
     # The whole-foreground class (class_index 0, named by the config's foreground_name).
     liver = summary[(summary["class_index"] == 0) & (summary["metric"] == "dice")]
+    # external cohorts (split external:<cohort>) are answered on their own (reproseg.external)
+    external_text = _external_validation(cfg, summary)
+    if "split" in liver:
+        liver = liver[~liver["split"].astype(str).str.startswith("external:")]
     perf = "; ".join(
         f"{r.method}: Dice {_fmt(r.pooled_mean)} ± {_fmt(r.pooled_std)} "
         f"(95 % CI {_fmt(getattr(r, 'ci_low', None))}-{_fmt(getattr(r, 'ci_high', None))}; "
@@ -322,8 +353,9 @@ def build_dome_record(
                 f"{k}-fold cross-validation grouped by {splits.get('group_by', 'subject')}, x "
                 f"{len(tr.seeds)} seeds {list(tr.seeds)}, plus a held-out test set scored by every fold model"
                 + (" and their ensemble" if cfg.evaluate.ensemble else "")
-                + ".",
-                [src["split"], src["summary"]],
+                + ". "
+                + external_text,
+                [src["split"], src["summary"], src["config"]],
             ),
             "performance_measures": _field(
                 f"Per case and class: {', '.join(metrics)} (NSD tolerance {cfg.evaluate.nsd_tolerance_mm} mm). "

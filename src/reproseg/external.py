@@ -42,10 +42,12 @@ __all__ = [
     "cohort_by_name",
     "cohort_config",
     "cohort_of_split",
+    "cohort_source_text",
     "evaluate_external_baseline",
     "evaluate_external_models",
     "external_facts",
     "external_gap",
+    "external_metric_means",
     "ingest_cohort",
     "project_labels",
     "projection_lut",
@@ -334,6 +336,19 @@ def external_gap(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def cohort_source_text(cohort: ExternalCohort) -> str:
+    """The cohort's source in a few words (kind and where), for the DOME record and MLflow;
+    never a secret (the config holds none)."""
+    kind = cohort.source.kind
+    if kind == "local":
+        return f"local {cohort.source.local.layout} {cohort.source.local.path}"
+    if kind == "omero":
+        omero = cohort.source.omero
+        where = omero.project or omero.dataset or omero.image_ids or omero.tag
+        return f"OMERO {omero.host} {where}"
+    return f"synthetic (seed {cohort.source.synthetic.seed}, {cohort.source.synthetic.style})"
+
+
 def external_facts(
     summary: pd.DataFrame, cohorts: Sequence[ExternalCohort]
 ) -> list[dict[str, Any]]:
@@ -345,9 +360,31 @@ def external_facts(
         facts.append(
             {
                 "name": cohort.name,
-                "source": cohort.source.kind,
+                "source": cohort_source_text(cohort),
                 "description": cohort.description,
                 "n_cases": int(rows["n"].max()) if not rows.empty else 0,
             }
         )
     return facts
+
+
+def external_metric_means(summary: pd.DataFrame | Mapping[str, Any]) -> dict[str, float]:
+    """MLflow metrics of the external splits: ``external.{cohort}.{method}.{metric}.{class}``
+    = pooled mean over the cohort's cases (every method, named class and metric), plus
+    ``external.{cohort}.n_cases``. ``summary``: the summary table or summary.json's content.
+    Empty without external rows."""
+    out: dict[str, float] = {}
+    if not isinstance(summary, pd.DataFrame):
+        summary = pd.DataFrame(list(summary.get("rows", [])))
+    if summary.empty or "split" not in summary:
+        return out
+    ext = summary[summary["split"].astype(str).str.startswith(EXTERNAL_PREFIX)]
+    for row in ext.itertuples():
+        cohort = cohort_of_split(str(row.split))
+        key = f"external.{cohort}.{row.method}.{row.metric}.{row.class_name}"
+        if pd.notna(row.pooled_mean):
+            out[key] = float(row.pooled_mean)
+        out[f"external.{cohort}.n_cases"] = max(
+            float(row.n), out.get(f"external.{cohort}.n_cases", 0.0)
+        )
+    return out

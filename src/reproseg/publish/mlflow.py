@@ -55,6 +55,7 @@ import reproseg
 from reproseg.artifacts import ModelFile
 from reproseg.config import Config, load_config
 from reproseg.environment import git_commit
+from reproseg.external import external_metric_means
 from reproseg.io import read_json, read_tsv, save_torch, sha256_file, sha256_json, write_json
 from reproseg.logs import get_logger
 from reproseg.publish.common import (
@@ -584,6 +585,8 @@ def publish_mlflow(
     if not eval_path.is_file():
         raise ValueError(f"{eval_path}: missing evaluation of the final model {final.name}")
     eval_means = metric_means(eval_path, splits=("test",))
+    # every method on every external cohort (split external:<cohort>), from the summary
+    external_means = external_metric_means(read_json(summary_json))
 
     child_ids: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="reproseg-mlflow-") as tmp_dir:
@@ -640,7 +643,10 @@ def publish_mlflow(
         # the local file on first publish, the version's recorded hash on a rerun.
         expected = sha256_file(weights) if version is None else version.tags["weights_sha256"]
         _verify_checksum(parent_id, WEIGHTS_ARTIFACT, expected, uri)
-        _log_metrics(client, parent_id, [(k, v, 0) for k, v in eval_means.items()])
+        _log_metrics(
+            client, parent_id, [(k, v, 0) for k, v in {**eval_means, **external_means}.items()]
+        )
+        client.set_tag(parent_id, "external_validation", "yes" if external_means else "no")
         if version is None:
             example = _input_example(files, splits)
             version = _log_final_model(
