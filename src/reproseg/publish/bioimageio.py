@@ -399,9 +399,12 @@ the whole volume: **do not tile it yourself** (no block-wise prediction in bioim
 tiling in deepImageJ or ilastik), since tiles would be normalised on their own again.
 The export compared both weight formats with `reproseg predict` on the test image
 (`test_output.npy` *is* the output of `reproseg predict`; `bioimageio test` compares to it):
+
 {_agreement_md(agreement)}
-The logits are those of `reproseg predict`, bit for bit. For a large volume (9 classes: above
-about 30 million voxels) `reproseg predict` blends and stores the probabilities in float16
+
+The logits are those of `reproseg predict`, bit for bit. For a large volume (above
+{FLOAT32_BLEND_MAX_BYTES / (4 * out_channels) / 1e6:.0f} million voxels with {out_channels} classes)
+`reproseg predict` blends and stores the probabilities in float16
 (steps of 2.4e-4 below 0.5, 4.9e-4 above) and the package does the same blend but returns
 float32 probabilities, so the argmax can differ only where two classes tie in float16.
 
