@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" (CT {row['shape']}), {args.threads} thread(s), random-weight default UNet",
             }
             for n, row in results.items()
+            if "ratio" in row  # --no-ratio: no target (run_all.py then reports an error)
         ]
         doc = {"benchmark": "predict", "targets": targets, "details": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
