@@ -5,6 +5,7 @@ from pathlib import Path
 
 from reproseg import layout
 from reproseg.config import load_config
+from reproseg.ingest import ingest_modules
 from reproseg.workflow_helpers import code_hash
 
 # The repository root, wherever Snakemake is started from: this file is in workflow/rules/.
@@ -16,6 +17,9 @@ MODELS = list(CFG.train.models)
 SEEDS = list(CFG.train.seeds)
 FOLDS = list(range(CFG.split.k))
 BASELINES = list(CFG.evaluate.baselines)
+# External validation cohorts (external.smk), by name.
+EXTERNAL = {cohort.name: cohort for cohort in CFG.evaluate.external}
+COHORTS = list(EXTERNAL)
 
 
 wildcard_constraints:
@@ -37,3 +41,14 @@ def publish_targets():
     if CFG.publish.bioimageio.enabled:
         targets.append(layout.fill(layout.BIOIMAGEIO_ZIP, run_name=CFG.run_name))
     return targets
+
+
+def cohort_params(wildcards):
+    """The settings of the cohort of a job (only its own: other cohorts rerun nothing)."""
+    return EXTERNAL[wildcards.cohort].model_dump()
+
+
+def cohort_ingest_code(wildcards):
+    """Code hash of the modules that decide a cohort's ingest output (its source's module)."""
+    cohort_cfg = CFG.model_copy(update={"source": EXTERNAL[wildcards.cohort].source})
+    return code_hash("reproseg.external", *ingest_modules(cohort_cfg))

@@ -2,10 +2,8 @@
 # ingested and QC'd into its own folder, then evaluated by every fold x seed model, every fold
 # ensemble and every classical baseline. No rule upstream of evaluation (split, preprocess,
 # train) reads a cohort file, so a cohort cannot change the splits, statistics or weights.
-from reproseg.ingest import ingest_modules
+# EXTERNAL, COHORTS, cohort_params and cohort_ingest_code are defined in common.smk.
 
-EXTERNAL = {cohort.name: cohort for cohort in CFG.evaluate.external}
-COHORTS = list(EXTERNAL)
 # The evaluation settings without the cohort list: editing one cohort reruns only its jobs.
 EXTERNAL_EVALUATE = CFG.evaluate.model_dump(exclude={"external"})
 # The modules whose code decides a model's external metrics.
@@ -20,17 +18,6 @@ EXTERNAL_EVAL_MODULES = (
 
 wildcard_constraints:
     cohort=r"[A-Za-z0-9_-]+",
-
-
-def cohort_params(wildcards):
-    """The settings of the cohort of a job (only its own: other cohorts rerun nothing)."""
-    return EXTERNAL[wildcards.cohort].model_dump()
-
-
-def cohort_ingest_code(wildcards):
-    """Code hash of the modules that decide a cohort's ingest output (its source's module)."""
-    cohort_cfg = CFG.model_copy(update={"source": EXTERNAL[wildcards.cohort].source})
-    return code_hash("reproseg.external", *ingest_modules(cohort_cfg))
 
 
 # Every external metrics file that the aggregate step concatenates (empty without cohorts).
