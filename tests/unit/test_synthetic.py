@@ -502,3 +502,13 @@ def test_thick_slices_are_averaged_over_sub_slices() -> None:
             (32, 32, 64),
         )
         assert scan.sub_slices % 2 == 1 and thickness / scan.sub_slices <= 1.25
+
+
+def test_cli_writes_a_randomised_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "rand"
+    args = ["--out", str(out), "--seed", "3", "--n-subjects", "2", "--n-annotators", "1"]
+    assert synthetic.cli([*args, "--shape", "24", "24", "60", "--style", "randomised"]) == 0
+    cases = json.loads((out / "cases.json").read_text(encoding="utf-8"))["cases"]
+    assert {c["metadata"]["scanner"] for c in cases} == {"randomised"}
+    labels = [np.asarray(nib.load(c["label"]).dataobj) for c in cases]
+    assert all(set(np.unique(lab)) <= set(range(9)) and lab.any() for lab in labels)

@@ -196,6 +196,12 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability)
     parser.add_argument("--noise-hu", type=float, default=defaults.noise_hu)
+    parser.add_argument(
+        "--style",
+        choices=["phantom", "randomised"],
+        default=defaults.style,
+        help="generator style (randomised: the default ranges of source.synthetic.randomised)",
+    )
     args = parser.parse_args(argv)
     cfg = SyntheticSource(
         seed=args.seed,
@@ -206,6 +212,7 @@ def cli(argv: list[str]) -> int:
         rater_disagreement_mm=args.rater_disagreement_mm,
         lesion_probability=args.lesion_probability,
         noise_hu=args.noise_hu,
+        style=args.style,
     )
     start = time.perf_counter()
     records = generate_dataset(cfg, dict(COUINAUD_LABELS), args.out)
