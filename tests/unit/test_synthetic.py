@@ -512,3 +512,14 @@ def test_cli_writes_a_randomised_dataset(tmp_path: Path) -> None:
     assert {c["metadata"]["scanner"] for c in cases} == {"randomised"}
     labels = [np.asarray(nib.load(c["label"]).dataobj) for c in cases]
     assert all(set(np.unique(lab)) <= set(range(9)) and lab.any() for lab in labels)
+
+
+def test_slab_rendering_is_seamless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendering slab by slab bounds memory; without noise (the only draw made per slab)
+    the image and label must not depend on the slab size at all."""
+    ranges = {"noise_hu": [0.0, 0.0], "streak_hu": [30.0, 30.0], "slice_thickness_mm": [2.5, 2.5]}
+    ref = _rvol(8, (40, 40, 90), **ranges)
+    monkeypatch.setattr(randomised, "SLAB", 7)
+    other = _rvol(8, (40, 40, 90), **ranges)
+    np.testing.assert_array_equal(ref.label, other.label)
+    np.testing.assert_array_equal(ref.image, other.image)

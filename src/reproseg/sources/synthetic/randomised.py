@@ -955,9 +955,9 @@ def _image(
 # --------------------------------------------------------------------------------------------
 
 #: Sub-slices rendered at once (a slab holds SLAB // sub_slices output slices): bounds the
-#: memory (about 1.3 GB at 512x512). Fixed, because the noise is drawn slab by slab: another
+#: memory (measured 1-2 GB at 512x512). Fixed, because the noise is drawn slab by slab: another
 #: value would change the noise bytes (not the anatomy or the label).
-SLAB = 40
+SLAB = 24
 
 
 def _label(plan: LabelPlan, c_cls: np.ndarray, c_seg: np.ndarray) -> np.ndarray:
