@@ -4,7 +4,9 @@
   group of jobs) is submitted with ``sbatch``, and the deterministic outputs equal those of
   the local run (``tiny_run``) bitwise.
 - A SLURM job cancelled with ``scancel`` while it runs is resubmitted (``retries`` in the
-  profile) and the run completes with the same result.
+  profile) and the run completes with the same result; SLURM's own records of the two
+  attempts (``scontrol show job``, ``squeue -o %m``) show that the retry asked for twice the
+  memory and time (``4000 * attempt`` MB and ``240 * attempt`` min in profiles/slurm).
 
 The cluster comes from ``start_local_cluster.sh`` (fixture ``slurm_cluster``). Since there is
 no accounting database, Snakemake polls ``squeue`` (``--slurm-status-command squeue``); the
@@ -81,6 +83,48 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     ).stdout
     states = dict(line.split() for line in out.splitlines() if line.strip())
     return {j: states[j] for j in job_ids if j in states}
+
+
+def megabytes(text: str) -> float:
+    """SLURM memory such as ``4000M``, ``8G`` or ``4000`` (MB) in MB."""
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)B?", text.strip())
+    if m is None:
+        raise ValueError(f"not a SLURM memory size: {text!r}")
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def job_record(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o``: the controller's record of a job, as ``key=value`` pairs
+    (kept for MinJobAge after the job ends), plus squeue's ``%m`` (memory asked per node)
+    and ``%k`` (comment: the rule or group Snakemake submitted)."""
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    record = dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
+    listing = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%i|%m|%k|%l"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in listing.splitlines():
+        jid, mem, comment, limit = line.strip().split("|", 3)
+        if jid == job_id:
+            record.update(squeue_mem=mem, squeue_comment=comment, squeue_time_limit=limit)
+    return record
+
+
+def minutes(limit: str) -> float:
+    """SLURM time limit in minutes: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
+    days, dash, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if dash:  # after a day count the first field is hours
+        parts += [0] * (3 - len(parts))
+    else:
+        parts = {1: [0, parts[0], 0], 2: [0, *parts], 3: parts}[len(parts)]
+    h, m, s = parts
+    return (int(days or 0) * 24 + h) * 60 + m + s / 60
 
 
 def state_dict_digest(path: Path) -> dict[str, str]:
@@ -203,6 +247,7 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
             stderr=subprocess.STDOUT,
         )
         cancelled = None
+        first: dict[str, str] = {}
         deadline = time.monotonic() + 900
         try:
             # Cancel the training job as soon as SLURM runs it.
@@ -220,6 +265,7 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
                         if "train" in comment:
                             subprocess.run(["scancel", job_id], check=True)
                             cancelled = job_id
+                            first = job_record(job_id)  # record it before it can age out
                             break
                 time.sleep(0.2)
             rc = proc.wait(timeout=max(1, deadline - time.monotonic()))
@@ -234,11 +280,34 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
     assert "Trying to restart job" in log, log[-6000:]
     job_ids = [j for _, j in SUBMITTED.findall(log)]
     assert cancelled in job_ids and job_ids[-1] != cancelled
+    # SLURM's records of the two attempts: the retry is the next training submission, in the
+    # same run, and it really asked for more (not only the profile text says so).
+    later = [job_record(j) for j in job_ids[job_ids.index(cancelled) + 1 :]]
+    retries = [r for r in later if "train" in r.get("squeue_comment", "")]
+    assert retries, f"no training job after {cancelled} in squeue: {later}"
+    retry = retries[0]
+    assert retry["JobName"] == first["JobName"]  # the same Snakemake run
+    assert retry["JobState"] == "COMPLETED", retry
+    mem1, mem2 = megabytes(first["MinMemoryNode"]), megabytes(retry["MinMemoryNode"])
+    assert (megabytes(first["squeue_mem"]), megabytes(retry["squeue_mem"])) == (mem1, mem2)
+    assert mem2 == 2 * mem1 and mem1 >= 4000, (first["MinMemoryNode"], retry["MinMemoryNode"])
+    t1, t2 = minutes(first["TimeLimit"]), minutes(retry["TimeLimit"])
+    assert t2 == 2 * t1, (first["TimeLimit"], retry["TimeLimit"])
     # The retried job produced the same model as the local run.
     assert state_dict_digest(workdir / target) == state_dict_digest(tiny_run / target)
 
 
 # --- Static checks of the deployment files (no cluster needed) ---------------------------
+
+
+def test_slurm_record_parsers() -> None:
+    """The parsers of SLURM's memory and time fields used by the retry test."""
+    assert megabytes("4000M") == 4000 and megabytes("8G") == 8192 and megabytes("4000") == 4000
+    assert megabytes("2048K") == 2
+    with pytest.raises(ValueError):
+        megabytes("lots")
+    assert minutes("04:00:00") == 240 and minutes("1-00:00:00") == 1440
+    assert minutes("30") == 30 and minutes("08:30") == 8.5 and minutes("2-12") == 3600
 
 
 def _lock_pins() -> dict[str, str]:
