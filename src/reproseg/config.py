@@ -466,6 +466,79 @@ class ReproduceConfig(_Strict):
     rerun: bool = Field(True, description="Rerun the pipeline (False: only check the record).")
 
 
+class PredictQCConfig(_Strict):
+    """Thresholds of the per-case output QC of batch prediction (reproseg.predict_qc)."""
+
+    uncertainty_threshold: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Flag high_uncertainty when the case's uncertainty score (mean normalised "
+        "predictive entropy over the predicted foreground) exceeds this.",
+    )
+    max_components: int = Field(
+        1, ge=1, description="Flag fragmented when the foreground has more connected components."
+    )
+    min_component_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Components smaller than this fraction of the foreground are not counted.",
+    )
+    volume_margin: float = Field(
+        0.5,
+        ge=0,
+        description="Flag implausible_volume outside [min x (1 - m), max x (1 + m)] of the "
+        "training label volumes (model fingerprint).",
+    )
+    ood_margin: float = Field(
+        0.25,
+        ge=0,
+        description="Relative margin around the training ranges of spacing, field of view and "
+        "foreground intensity before an input is flagged out of distribution.",
+    )
+
+
+class PredictConfig(_Strict):
+    """Batch prediction over a folder or a table of images (workflow/rules/predict_batch.smk)."""
+
+    enabled: bool = Field(False, description="Run batch prediction as part of `rule all`.")
+    inputs: str = Field(
+        "", description="Folder of NIfTI images, or a CSV/TSV table with an image column."
+    )
+    image_column: str = Field("image", description="Table column with the image paths.")
+    id_column: str = Field(
+        "", description="Table column with case IDs (empty: the image file name without .nii.gz)."
+    )
+    model: str = Field("", description="Model name of train.models (empty: the first one).")
+    models: Literal["fold", "seed", "all"] = Field(
+        "fold",
+        description="Ensemble members: every fold (first seed), every seed (fold 0), or all.",
+    )
+    tta: bool = Field(False, description="Test-time augmentation by flips along tta_axes.")
+    tta_axes: list[Literal[0, 1, 2]] = Field(
+        default_factory=list,
+        description="RAS axes that may be flipped (0 = left-right, 1 = anterior-posterior, "
+        "2 = inferior-superior); each flip and the identity are ensemble members.",
+    )
+    lateralised: bool = Field(
+        True,
+        description="The labels distinguish left from right (Couinaud segments): a left-right "
+        "flip (axis 0) is refused.",
+    )
+    chunks: int = Field(4, ge=1, description="Snakemake jobs (chunks of images); --set-scatter.")
+    qc: PredictQCConfig = Field(default_factory=PredictQCConfig)
+
+    @model_validator(mode="after")
+    def _check_flips(self) -> PredictConfig:
+        if self.lateralised and 0 in self.tta_axes:
+            raise ValueError(
+                "predict.tta_axes: axis 0 (left-right) cannot be flipped when the labels are "
+                "lateralised (predict.lateralised: true)"
+            )
+        return self
+
+
 class Config(_Strict):
     """A whole ReproSeg run."""
 
@@ -489,12 +562,13 @@ class Config(_Strict):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     reproduce: ReproduceConfig = Field(default_factory=ReproduceConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
 
     @model_validator(mode="after")
     def _check_labels(self) -> Config:
         if 0 not in self.labels:
             raise ValueError("labels: the label map must contain 0 (background)")
-        check_external(self.evaluate.external, self.labels)
+        check_external(self.evaluate.external, self.labels, self.foreground_name)
         return self
 
     @property
@@ -557,15 +631,24 @@ def cohort_projection(cohort: ExternalCohort, labels: dict[int, str]) -> dict[in
     return out
 
 
-def check_external(cohorts: list[ExternalCohort], labels: dict[int, str]) -> None:
-    """Cohort names are unique and each cohort's projection is complete (see
-    :func:`cohort_projection`)."""
+def check_external(
+    cohorts: list[ExternalCohort], labels: dict[int, str], foreground_name: str = ""
+) -> None:
+    """Cohort names are unique, each cohort's projection is complete (see
+    :func:`cohort_projection`), and a cohort class is named like the whole foreground
+    (``foreground_name``) only when it is the cohort's one class (then it IS that region)."""
     seen: set[str] = set()
     for cohort in cohorts:
         if cohort.name in seen:
             raise ValueError(f"evaluate.external: cohort name {cohort.name!r} used twice")
         seen.add(cohort.name)
         cohort_projection(cohort, labels)
+        fg = [name for value, name in cohort.labels.items() if value != 0]
+        if foreground_name in fg and len(fg) > 1:
+            raise ValueError(
+                f"evaluate.external[{cohort.name}].labels: {foreground_name!r} names the whole "
+                "foreground (foreground_name); with several cohort classes, give it another name"
+            )
 
 
 def load_config(path: str | Path | dict[str, Any]) -> Config:

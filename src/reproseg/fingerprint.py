@@ -138,9 +138,23 @@ def dataset_fingerprint(
     for m in case_metas:
         for k, v in m.get("class_voxels", {}).items():
             class_voxels[str(k)] = class_voxels.get(str(k), 0) + int(v)
+    # per-case foreground volume (ml) on the working grid: the plausible range for batch QC
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    fg_ml = np.asarray(
+        [
+            sum(int(v) for k, v in m.get("class_voxels", {}).items() if int(k) != 0) * voxel_ml
+            for m in case_metas
+        ],
+        dtype=np.float64,
+    )
     return {
         "version": FINGERPRINT_VERSION,
         "n_cases": len(case_metas),
+        "foreground_volume_ml": {
+            "min": round(float(fg_ml.min()), 3),
+            "median": round(float(np.median(fg_ml)), 3),
+            "max": round(float(fg_ml.max()), 3),
+        },
         "source_spacing_mm": _distribution(src_spacing),
         "source_shape": _distribution(src_shape),
         "working_shape": _distribution(work_shape),
