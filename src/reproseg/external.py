@@ -169,6 +169,11 @@ def _score(
         cfg.evaluate.nsd_tolerance_mm,
         whole_name=cfg.foreground_name,
     )
+    # A cohort whose one class is the whole foreground (e.g. only "liver"): its class row is
+    # the class-0 row again; one row per region keeps the summary's regions unambiguous.
+    fg = [name for value, name in cohort.labels.items() if value != 0]
+    if fg == [cfg.foreground_name]:
+        metrics = [m for m in metrics if int(m["class_index"]) == 0]
     return pred, metrics
 
 

@@ -128,6 +128,13 @@ def _cfg(**cohort_kw: Any) -> dict[str, Any]:
             r"site_b\]\.labels: .* 0",
         ),
         ({}, r"site_b\]: model labels \[1, 2, 3"),  # no projection, no class of the same name
+        (
+            {
+                "labels": {0: "background", 1: "liver", 2: "tumour"},
+                "projection": {"liver": [1, 2, 3, 4, 5, 6], "tumour": [7, 8]},
+            },
+            r"site_b\]\.labels: 'liver' names the whole foreground",
+        ),
     ],
 )
 def test_invalid_cohorts_are_rejected_naming_cohort_and_key(
@@ -221,6 +228,25 @@ def test_fold_ensemble_on_a_cohort_projects_then_scores(cohort_files) -> None:
         got = df[df.case_id == case]
         np.testing.assert_allclose(got["dice"], [m["dice"] for m in expected])
         np.testing.assert_allclose(got["hd95_mm"], [m["hd95_mm"] for m in expected])
+
+
+def test_a_whole_foreground_cohort_has_one_row_per_case(cohort_files) -> None:
+    """A cohort labelling only the whole liver: its one class is the class-0 region."""
+    liver_only = cohort(name="whole", projection={"liver": [1, 2]})
+    df = evaluate_external_models(
+        cohort_files["models"][:1],
+        "ext/manifest.tsv",
+        None,
+        liver_only,
+        cohort_files["cfg"],
+        "out/liver.tsv",
+        None,
+        "unet",
+        0,
+        0,
+    )
+    assert list(df["case_id"]) == ["e0", "e1", "e2"]  # no QC file: every case
+    assert set(df["class_index"]) == {0} and set(df["class_name"]) == {"liver"}
 
 
 def test_one_fold_model_and_the_baseline_on_a_cohort(cohort_files) -> None:

@@ -123,14 +123,15 @@ def test_every_model_set_is_evaluated_on_the_cohort(cohort_run: Path) -> None:
     fold_models = ext[(ext["method"] == "unet") & (ext["class_index"] == 0)].iloc[0]
     assert fold_models["n"] == N_EXTERNAL
     assert fold_models["n_folds"] == CFG.split.k and fold_models["n_seeds"] == len(CFG.train.seeds)
-    # only what the cohort labels: the whole liver (class 0) and its one label, no segments
-    assert set(ext["class_name"]) <= {"liver", "segments_mean"}
+    # only what the cohort labels: the whole liver, no segment
+    assert set(ext["class_name"]) == {"liver"}
     per_case = pd.read_csv(cohort_run / layout.PER_CASE, sep="\t")
     rows = per_case[per_case["split"] == split]
     n_model_sets = (
         len(JOBS) + len(CFG.train.seeds) + CFG.split.k
     )  # folds x seeds, ensembles, baseline
-    assert len(rows) == n_model_sets * N_EXTERNAL * 2  # 2 classes per case
+    # one row per case: the cohort's one class is the whole liver (class_index 0)
+    assert len(rows) == n_model_sets * N_EXTERNAL and set(rows["class_index"]) == {0}
     # the internal rows are those of the run without a cohort
     table = (cohort_run / layout.TABLE_MD).read_text(encoding="utf-8")
     assert split in table
