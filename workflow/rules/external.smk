@@ -20,6 +20,16 @@ wildcard_constraints:
     cohort=r"[A-Za-z0-9_-]+",
 
 
+# An OMERO cohort needs the credentials of ingest.smk (declared there for an OMERO dev source).
+if CFG.source.kind != "omero" and any(
+    c.source.kind == "omero" for c in CFG.evaluate.external
+):
+    from reproseg.sources.omero import required_envvars as omero_required_envvars
+
+    envvars:
+        *omero_required_envvars(),
+
+
 # Every external metrics file that the aggregate step concatenates (empty without cohorts).
 EXTERNAL_METRICS = (
     expand(
