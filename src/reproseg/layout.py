@@ -59,6 +59,10 @@ __all__ = [
     "PER_CASE",
     "PREDICTION",
     "PREDICTIONS",
+    "PREDICT_BATCH_CASES",
+    "PREDICT_BATCH_CHUNK",
+    "PREDICT_BATCH_REPORT",
+    "PREDICT_BATCH_TABLE",
     "PREDICT_IMAGE",
     "PREPROCESSING",
     "PREPROCESS_CACHE",
@@ -159,6 +163,15 @@ EXTERNAL_ENSEMBLE_PREDICTIONS = "results/external/{cohort}/predictions/{model}_s
 # --- predict (reproseg.predict): new volumes, not part of `rule all` -----------------------
 PREDICT_IMAGE = "predict/{name}.nii.gz"
 PREDICTION = "results/predictions/{model}/{name}.nii.gz"
+
+# --- predict_batch (reproseg.batch_predict): a folder or table of images, in chunks --------
+#: One table of per-case rows per chunk; {scatteritem} is Snakemake's "i-of-n".
+PREDICT_BATCH_CHUNK = "results/predict_batch/chunks/{scatteritem}.tsv"
+#: Labels + uncertainty maps of every case (not declared outputs: listed, with checksums,
+#: in the chunk tables and PREDICT_BATCH_TABLE).
+PREDICT_BATCH_CASES = "results/predict_batch/cases"
+PREDICT_BATCH_TABLE = "results/predict_batch/per_case.tsv"
+PREDICT_BATCH_REPORT = "results/predict_batch/report.html"
 
 # --- publishing (reproseg.publish.*, reproseg.rocrate) and the report ----------------------
 MLFLOW_RECORD = "results/publish/mlflow.json"

@@ -52,3 +52,25 @@ def cohort_ingest_code(wildcards):
     """Code hash of the modules that decide a cohort's ingest output (its source's module)."""
     cohort_cfg = CFG.model_copy(update={"source": EXTERNAL[wildcards.cohort].source})
     return code_hash("reproseg.external", *ingest_modules(cohort_cfg))
+
+
+def predict_batch_models():
+    """Model files of the batch-prediction ensemble (predict.models: fold | seed | all)."""
+    name = CFG.predict.model or MODELS[0]
+    if name not in MODELS:
+        raise ValueError(f"predict.model: {name!r} is not one of train.models {MODELS}")
+    folds = FOLDS[:1] if CFG.predict.models == "seed" else FOLDS
+    seeds = SEEDS[:1] if CFG.predict.models == "fold" else SEEDS
+    return expand(layout.MODEL, model=name, fold=folds, seed=seeds)
+
+
+def predict_batch_inputs():
+    """The input folder or table of batch prediction (a change reruns the chunks)."""
+    return [CFG.predict.inputs] if CFG.predict.inputs else []
+
+
+def predict_batch_targets():
+    """Batch-prediction outputs requested by `rule all` when predict.enabled."""
+    if not CFG.predict.enabled:
+        return []
+    return [layout.PREDICT_BATCH_TABLE, layout.PREDICT_BATCH_REPORT]

@@ -1,0 +1,31 @@
+"""Rules predict_batch (one chunk of images) and predict_batch_gather (table + report)."""
+
+from reproseg.batch_predict import gather_batch, predict_chunk
+from reproseg.config import PredictConfig
+from reproseg.logs import run_logged
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+cfg = PredictConfig.model_validate(smk.params.predict)
+if smk.rule == "predict_batch_gather":
+    run_logged(
+        smk.log,
+        gather_batch,
+        list(smk.input.chunks),
+        smk.output.table,
+        smk.output.report,
+        list(smk.input.models),
+        cfg,
+    )
+else:
+    chunk, n_chunks = (int(v) for v in smk.wildcards.scatteritem.split("-of-"))
+    run_logged(
+        smk.log,
+        predict_chunk,
+        cfg,
+        list(smk.input.models),
+        chunk,
+        n_chunks,
+        smk.output.chunk,
+        smk.params.cases,
+        threads=int(smk.threads),
+    )
