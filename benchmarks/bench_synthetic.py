@@ -121,16 +121,8 @@ def _to_3mm(image: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) ->
     return img.astype(np.float32), lab.astype(np.int64)
 
 
-def transfer_probe(args: argparse.Namespace) -> None:
-    """Train a small whole-liver UNet on randomised scans only; Dice on the real CT."""
-    import nibabel as nib
-    import torch
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceCELoss
-    from monai.networks.nets import UNet
-    from scipy import ndimage
-
-    torch.set_num_threads(1)
+def _training_data(args: argparse.Namespace) -> tuple[list, list]:
+    """The probe's randomised training scans at 3 mm (generated once, cached as .npz)."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     data_file = cache / f"train_{args.n_train}.npz"
@@ -149,7 +141,20 @@ def transfer_probe(args: argparse.Namespace) -> None:
         print(f"generated {args.n_train} scans in {time.perf_counter() - start:.0f} s")
     with np.load(data_file) as z:
         arrays = [z[f"arr_{i}"] for i in range(2 * args.n_train)]
-    images, labels = arrays[: args.n_train], arrays[args.n_train :]
+    return arrays[: args.n_train], arrays[args.n_train :]
+
+
+def transfer_probe(args: argparse.Namespace) -> None:
+    """Train a small whole-liver UNet on randomised scans only; Dice on the real CT."""
+    import nibabel as nib
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+    from scipy import ndimage
+
+    torch.set_num_threads(1)
+    images, labels = _training_data(args)
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     net = UNet(3, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=0)
@@ -210,7 +215,7 @@ def transfer_probe(args: argparse.Namespace) -> None:
         "true_volume_ml": round(float(truth.sum()) * 27 / 1000, 1),
     }
     print(json.dumps(result))
-    np.save(cache / f"pred_seed{args.seed}.npy", logits.softmax(1)[0, 1].numpy())
+    np.save(Path(args.cache) / f"pred_seed{args.seed}.npy", logits.softmax(1)[0, 1].numpy())
 
 
 #: TotalSegmentator class values of the real case's map -> generator organ names.
@@ -230,13 +235,62 @@ REAL_ORGANS = {
 }
 
 
-def compare_real(args: argparse.Namespace) -> None:
-    """HU per organ, liver volume and extent: generated scans (default randomised ranges,
-    resampled to the real case's 3 mm) next to the real CT; figures for docs/synthetic.md."""
+def _compare_figures(
+    ct: np.ndarray, real_lab: np.ndarray, gen: list, organs: list[str], out: Path, n_show: int
+) -> None:
+    """Slices at the same level (through the liver centroid) and HU histograms per organ."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    # Slices at the same level: the axial slice through the liver centroid, coronal likewise.
+    shown = [(ct, real_lab, "real CT (native, 3 mm)")] + [
+        (img, lab, f"generated {m['phase']}") for img, lab, m in gen[:n_show]
+    ]
+    for view in ("axial", "coronal"):
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4))
+        for ax, (img, lab, title) in zip(axes, shown, strict=True):
+            c = np.argwhere(lab == 1).mean(0).astype(int)
+            if view == "axial":
+                sl, ls = img[:, :, c[2]].T[::-1, ::-1], (lab[:, :, c[2]] == 1).T[::-1, ::-1]
+            else:
+                sl, ls = img[:, c[1], :].T[::-1, ::-1], (lab[:, c[1], :] == 1).T[::-1, ::-1]
+            ax.imshow(sl, cmap="gray", vmin=-200, vmax=300)
+            ax.contour(ls, levels=[0.5], colors="r", linewidths=0.6)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / f"synthetic_vs_real_{view}.png", dpi=80)
+        plt.close(fig)
+    fig, axes = plt.subplots(3, 4, figsize=(13, 8))
+    bins = np.linspace(-200, 400, 121)
+    for ax, (i, name) in zip(axes.ravel(), enumerate(organs), strict=True):
+        for phase, colour in (("native", "C0"), ("arterial", "C1"), ("portal_venous", "C2")):
+            vals = [img[lab == i + 1] for img, lab, m in gen if m["phase"] == phase]
+            vals = [v for v in vals if v.size]
+            if vals:
+                ax.hist(
+                    np.concatenate(vals),
+                    bins,
+                    density=True,
+                    histtype="step",
+                    color=colour,
+                    label=f"generated {phase}",
+                )
+        v = ct[real_lab == i + 1]
+        ax.hist(v, bins, density=True, histtype="stepfilled", alpha=0.35, color="k", label="real")
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks([])
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "synthetic_vs_real_hu.png", dpi=80)
+    plt.close(fig)
+
+
+def compare_real(args: argparse.Namespace) -> None:
+    """HU per organ, liver volume and extent: generated scans (default randomised ranges,
+    resampled to the real case's 3 mm) next to the real CT; figures for docs/synthetic.md."""
     import nibabel as nib
     from scipy import ndimage
 
@@ -285,48 +339,7 @@ def compare_real(args: argparse.Namespace) -> None:
     out = Path(args.figures)
     out.mkdir(parents=True, exist_ok=True)
     print(json.dumps(stats, indent=1))
-    # Slices at the same level: the axial slice through the liver centroid, coronal likewise.
-    shown = [(ct, real_lab, "real CT (native, 3 mm)")] + [
-        (img, lab, f"generated {m['phase']}") for img, lab, m in gen[: args.n_show]
-    ]
-    for view in ("axial", "coronal"):
-        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4))
-        for ax, (img, lab, title) in zip(axes, shown, strict=True):
-            c = np.argwhere(lab == 1).mean(0).astype(int)
-            if view == "axial":
-                sl, ls = img[:, :, c[2]].T[::-1, ::-1], (lab[:, :, c[2]] == 1).T[::-1, ::-1]
-            else:
-                sl, ls = img[:, c[1], :].T[::-1, ::-1], (lab[:, c[1], :] == 1).T[::-1, ::-1]
-            ax.imshow(sl, cmap="gray", vmin=-200, vmax=300)
-            ax.contour(ls, levels=[0.5], colors="r", linewidths=0.6)
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(out / f"synthetic_vs_real_{view}.png", dpi=80)
-        plt.close(fig)
-    fig, axes = plt.subplots(3, 4, figsize=(13, 8))
-    bins = np.linspace(-200, 400, 121)
-    for ax, (i, name) in zip(axes.ravel(), enumerate(organs), strict=True):
-        for phase, colour in (("native", "C0"), ("arterial", "C1"), ("portal_venous", "C2")):
-            vals = [img[lab == i + 1] for img, lab, m in gen if m["phase"] == phase]
-            vals = [v for v in vals if v.size]
-            if vals:
-                ax.hist(
-                    np.concatenate(vals),
-                    bins,
-                    density=True,
-                    histtype="step",
-                    color=colour,
-                    label=f"generated {phase}",
-                )
-        v = ct[real_lab == i + 1]
-        ax.hist(v, bins, density=True, histtype="stepfilled", alpha=0.35, color="k", label="real")
-        ax.set_title(name, fontsize=9)
-        ax.set_yticks([])
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "synthetic_vs_real_hu.png", dpi=80)
-    plt.close(fig)
+    _compare_figures(ct, real_lab, gen, organs, out, args.n_show)
 
 
 def main() -> None:
