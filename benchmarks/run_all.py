@@ -38,7 +38,7 @@ from reproseg.io import write_json, write_text
 #: name -> (script, full-size arguments, quick arguments). ``--json FILE`` is appended.
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "train": ("bench_train.py", [], ["--rounds", "3", "--steps", "2"]),
-    "metrics": ("bench_metrics.py", ["--size", "256"], ["--size", "96"]),
+    "metrics": ("bench_metrics.py", ["--size", "256"], ["--size", "256"]),  # target size
     "synthetic": ("bench_synthetic.py", ["--size", "256", "--dataset"], ["--size", "96"]),
     "dag": ("bench_dag.py", ["--subjects", "100", "1000", "5000"], ["--subjects", "1000"]),
     "omero_read": (
@@ -56,7 +56,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         ["--cases", "2", "4", "--shape", "96", "96", "48", "--steps", "2", "--reference-max", "0"],
     ),
-    "predict": ("bench_predict.py", [], ["--sizes", "60", "--reps", "1", "--threads", "1"]),
+    "predict": ("bench_predict.py", [], ["--sizes", "60", "--reps", "2", "--threads", "1"]),
     "train_compile": ("bench_train_compile.py", [], []),  # full mode only: compiles for minutes
 }
 QUICK_SKIP = {"train_compile"}
