@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("reproseg.preprocess", "resample + crop the development cases into the cache"),
     "train": ("reproseg.train", "train one model x fold x seed"),
     "predict": ("reproseg.predict", "segment new volumes with a trained model"),
+    "predict-batch": (
+        "reproseg.batch_predict",
+        "segment a folder/table of images: ensemble, uncertainty maps, QC flags, report",
+    ),
     "evaluate": ("reproseg.evaluate", "per-case metrics of a model or baseline"),
     "aggregate": ("reproseg.aggregate", "mean/std across folds and seeds, CIs, tables"),
     "report": ("reproseg.report", "build results/report.html"),
