@@ -20,12 +20,14 @@ from reproseg.external import (
     evaluate_external_models,
     external_facts,
     external_gap,
+    external_metric_means,
     project_labels,
     projection_lut,
     split_name,
 )
 from reproseg.io import load_nifti, save_nifti, write_json, write_tsv
 from reproseg.metrics import case_metrics
+from reproseg.report import external_section
 
 # the tiny dataset and model.pt files of the evaluation tests (a fixture, used by name)
 from tests.unit.test_evaluate import LABELS, SHAPE, SPACING, _case, dataset  # noqa: F401
@@ -314,3 +316,12 @@ def test_gap_table_and_facts_from_a_summary() -> None:
     c = cohort(name="site_b", projection={"liver": list(range(1, 9))})
     facts = external_facts(summary, [c, cohort(name="other", projection=c.projection)])
     assert [(f["name"], f["n_cases"]) for f in facts] == [("site_b", 1), ("other", 0)]
+    means = external_metric_means(summary)
+    assert means["external.site_b.unet.dice.liver"] == pytest.approx(0.7)
+    assert means["external.site_b.n_cases"] == 1
+    assert not any(k.startswith("external.") and ".test." in k for k in means)
+    # the report's section: internal and external side by side, with the gap
+    section = external_section(summary)
+    assert section["n_cohorts"] == 1
+    assert "site_b" in section["table"] and "-0.200" in section["table"]
+    assert external_section(summary[summary["split"] == "test"])["n_cohorts"] == 0
