@@ -22,7 +22,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 
 from reproseg.artifacts import ModelFile
-from reproseg.config import Config, load_config
+from reproseg.config import Config, ModelConfig, TrainConfig, load_config
 from reproseg.data import load_validation_volume, make_items, make_train_loader
 from reproseg.determinism import (
     enable_deterministic_algorithms,
@@ -274,6 +274,111 @@ def _fingerprint(
     )
 
 
+@dataclass
+class _Optimisation:
+    """The network and what updates it: what a checkpoint saves and restores together."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+
+    @classmethod
+    def build(
+        cls,
+        mcfg: ModelConfig,
+        tc: TrainConfig,
+        n_classes: int,
+        device: torch.device,
+        use_amp: bool,
+    ) -> _Optimisation:
+        """Network (registry), Adam, cosine schedule over every step, AMP scaler, Dice+CE."""
+        model = build_model(mcfg, in_channels=1, out_channels=n_classes).to(device)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+        )
+        total_steps = tc.epochs * tc.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        return cls(model, optimizer, scheduler, scaler, loss_fn)
+
+
+def _resume(
+    checkpoint: Path, fingerprint: str, opt: _Optimisation
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """(start epoch, history, best) from ``checkpoint`` when it was made with the same
+    settings (``fingerprint``), restoring ``opt`` and the RNG states; else a fresh start."""
+    start_epoch, history = 0, []
+    best: dict[str, Any] = {"val_dice": -1.0, "epoch": 0, "state_dict": None}
+    if checkpoint.exists():
+        state = torch.load(
+            checkpoint, map_location="cpu", weights_only=True
+        )  # RNG states live on CPU
+        if state.get("fingerprint") != fingerprint:
+            log.warning("%s: made with other settings; starting from scratch", checkpoint)
+        else:
+            opt.model.load_state_dict(state["model"])
+            opt.optimizer.load_state_dict(state["optimizer"])
+            opt.scheduler.load_state_dict(state["scheduler"])
+            opt.scaler.load_state_dict(state["scaler"])
+            start_epoch, history, best = (
+                int(state["epoch"]),
+                list(state["history"]),
+                dict(state["best"]),
+            )
+            set_rng_state(state["rng"])
+            log.info("resuming from %s at epoch %d", checkpoint, start_epoch)
+    return start_epoch, history, best
+
+
+def _train_epoch(
+    opt: _Optimisation,
+    items: list[Any],
+    tc: TrainConfig,
+    patch_size: Sequence[int],
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    use_amp: bool,
+    steps_done: int,
+    max_steps: int | None,
+) -> tuple[list[float], int]:
+    """One epoch of optimisation steps on the epoch's seeded patch stream; returns the step
+    losses and the steps done in this call so far (``max_steps``: see :func:`train_model`)."""
+    opt.model.train()
+    loader = make_train_loader(
+        items,
+        patch_size,
+        tc.foreground_ratio,
+        tc.augment,
+        tc.batch_size,
+        tc.steps_per_epoch,
+        seed,
+        epoch,
+        tc.num_workers,
+    )
+    losses = []
+    for batch in loader:
+        losses.append(
+            optimisation_step(
+                opt.model,
+                batch,
+                opt.optimizer,
+                opt.scheduler,
+                opt.scaler,
+                opt.loss_fn,
+                device,
+                use_amp,
+            )
+        )
+        steps_done += 1
+        if max_steps is not None and steps_done >= max_steps:
+            raise TrainingStopped(f"stopped after {steps_done} steps (epoch {epoch})")
+    return losses, steps_done
+
+
 def train_model(
     manifest_path: str | Path,
     splits_path: str | Path,
@@ -343,36 +448,10 @@ def train_model(
             f"not in the config's label map"
         )
 
-    model = build_model(mcfg, in_channels=1, out_channels=n_classes).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
-    )
-    total_steps = tc.epochs * tc.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-
+    opt = _Optimisation.build(mcfg, tc, n_classes, device, use_amp)
+    model = opt.model
     fingerprint = _fingerprint(cfg, model_name, fold, seed, splits.get("sha256", ""), pre, threads)
-    start_epoch, history = 0, []
-    best: dict[str, Any] = {"val_dice": -1.0, "epoch": 0, "state_dict": None}
-    if checkpoint.exists():
-        state = torch.load(
-            checkpoint, map_location="cpu", weights_only=True
-        )  # RNG states live on CPU
-        if state.get("fingerprint") != fingerprint:
-            log.warning("%s: made with other settings; starting from scratch", checkpoint)
-        else:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, history, best = (
-                int(state["epoch"]),
-                list(state["history"]),
-                dict(state["best"]),
-            )
-            set_rng_state(state["rng"])
-            log.info("resuming from %s at epoch %d", checkpoint, start_epoch)
+    start_epoch, history, best = _resume(checkpoint, fingerprint, opt)
 
     log.info(
         "%s fold %d seed %d: %d train / %d val cases, %s with %d parameters, %d threads, %s%s",
@@ -391,28 +470,9 @@ def train_model(
     with _emissions_tracker(tc.energy_country, track_emissions) as emissions:
         for epoch in range(start_epoch + 1, tc.epochs + 1):
             t0 = time.perf_counter()
-            model.train()
-            loader = make_train_loader(
-                items,
-                patch_size,
-                tc.foreground_ratio,
-                tc.augment,
-                tc.batch_size,
-                tc.steps_per_epoch,
-                seed,
-                epoch,
-                tc.num_workers,
+            losses, steps_here = _train_epoch(
+                opt, items, tc, patch_size, seed, epoch, device, use_amp, steps_here, max_steps
             )
-            losses = []
-            for batch in loader:
-                losses.append(
-                    optimisation_step(
-                        model, batch, optimizer, scheduler, scaler, loss_fn, device, use_amp
-                    )
-                )
-                steps_here += 1
-                if max_steps is not None and steps_here >= max_steps:
-                    raise TrainingStopped(f"stopped after {steps_here} steps (epoch {epoch})")
             val_dice = None
             if epoch % tc.val_every == 0 or epoch == tc.epochs:
                 val_dice = validate(model, val_items, patch_size, n_classes, device, tc.batch_size)
@@ -431,7 +491,7 @@ def train_model(
                     "loss": float(np.mean(losses)),
                     "val_dice": val_dice,
                     "seconds": round(seconds, 3),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": opt.scheduler.get_last_lr()[0],
                 }
             )
             log.info(
@@ -448,9 +508,9 @@ def train_model(
                 _save_checkpoint(
                     checkpoint,
                     model,
-                    optimizer,
-                    scheduler,
-                    scaler,
+                    opt.optimizer,
+                    opt.scheduler,
+                    opt.scaler,
                     epoch,
                     history,
                     best,
