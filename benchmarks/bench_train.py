@@ -259,18 +259,10 @@ class Variant:
         return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=6, help="steps per variant per round")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cases", type=int, default=5, help="volumes (the last validates)")
-    parser.add_argument("--json", "--out", dest="out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = Config()  # the default config: 64^3 volumes, patch 48^3, batch 2, UNet 16-128
-    shape = tuple(cfg.source.synthetic.shape)
-    cases = make_volumes(args.cases, shape)
+def measure(
+    cfg: Config, cases: list[dict[str, Any]], rounds: int, steps: int
+) -> tuple[dict[str, list[float]], float]:
+    """Seconds of every block of ``steps`` steps per variant (interleaved), and setup seconds."""
     train_raw = cases[:-1]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         cache_items, pre = cached_fold(cases, cfg, Path(tmp))
@@ -292,16 +284,21 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:  # warm-up (allocator, first-call overheads), not timed
             v.run(2)
         times: dict[str, list[float]] = {n: [] for n in NAMES}
-        for r in range(args.rounds):
+        for r in range(rounds):
             order = variants if r % 2 == 0 else variants[::-1]  # also alternate the order
             for v in order:
-                times[v.name].append(v.run(args.steps))
+                times[v.name].append(v.run(steps))
     enable_deterministic_algorithms()
-    rate = {n: statistics.median(args.steps / t for t in ts) for n, ts in times.items()}
-    sec = {n: statistics.median(ts) / args.steps for n, ts in times.items()}
+    return times, setup_s
+
+
+def ratio_targets(
+    times: dict[str, list[float]], cond: str
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The four ratios (median of per-round ratios) and their targets."""
     # ratios per round (the variants of a round ran seconds apart, under the same load), then
     # the median over rounds: robust to the load changing between rounds
-    rounds = range(args.rounds)
+    rounds = range(len(times["pipeline"]))
 
     def med(f: Any) -> float:
         return statistics.median(f(r) for r in rounds)
@@ -318,11 +315,6 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "data_loading_share": med(lambda r: 1.0 - times["dummy_batches"][r] / times["pipeline"][r]),
     }
-    cond = (
-        f"UNet 16-128, {len(train_raw)} training volumes {list(shape)}, patch "
-        f"{cfg.train.patch_size}, batch {cfg.train.batch_size}, {args.threads} torch thread(s), "
-        f"CPU, median over {args.rounds} interleaved rounds of {args.steps} steps"
-    )
     goals = {
         "pipeline_vs_stock_monai_steps_per_s": (
             ">=",
@@ -355,6 +347,31 @@ def main(argv: list[str] | None = None) -> int:
     targets = [
         target(k, ratios[k], t, c, unit, text + cond) for k, (c, t, unit, text) in goals.items()
     ]
+    return ratios, targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=6, help="steps per variant per round")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", type=int, default=5, help="volumes (the last validates)")
+    parser.add_argument("--json", "--out", dest="out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = Config()  # the default config: 64^3 volumes, patch 48^3, batch 2, UNet 16-128
+    shape = tuple(cfg.source.synthetic.shape)
+    cases = make_volumes(args.cases, shape)
+    train_raw = cases[:-1]
+    times, setup_s = measure(cfg, cases, args.rounds, args.steps)
+    rate = {n: statistics.median(args.steps / t for t in ts) for n, ts in times.items()}
+    sec = {n: statistics.median(ts) / args.steps for n, ts in times.items()}
+    cond = (
+        f"UNet 16-128, {len(train_raw)} training volumes {list(shape)}, patch "
+        f"{cfg.train.patch_size}, batch {cfg.train.batch_size}, {args.threads} torch thread(s), "
+        f"CPU, median over {args.rounds} interleaved rounds of {args.steps} steps"
+    )
+    ratios, targets = ratio_targets(times, cond)
     print(f"{'variant':<18}{'steps/s':>10}{'s/step':>10}")
     for n in NAMES:
         print(f"{n:<18}{rate[n]:>10.2f}{sec[n]:>10.3f}")

@@ -90,6 +90,35 @@ class Step:
         return state_dict_sha256({k: v.contiguous() for k, v in self.model.state_dict().items()})
 
 
+def build_and_warm(
+    names: list[str], cfg: Config, warm: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[dict[str, Step], dict[str, float], dict[str, str]]:
+    """Each variant built and run on the warm-up batches (compiling on the first call):
+    (variants that run, seconds of their first steps, errors of those that do not)."""
+    steps: dict[str, Step] = {}
+    first_s: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for n in names:
+        try:
+            steps[n] = Step(n, cfg)
+            first_s[n] = steps[n].run(warm)  # compiles forward + backward on the first call
+            print(f"{n}: first 2 steps {first_s[n]:.1f} s", flush=True)
+        except Exception as exc:  # noqa: BLE001 - a variant that cannot run is a result
+            errors[n] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            steps.pop(n, None)
+            print(f"{n}: FAILED {errors[n]}", flush=True)
+    return steps, first_s, errors
+
+
+def fresh_run_sha256(
+    name: str, cfg: Config, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> str:
+    """SHA-256 of the weights of a fresh seeded ``name`` model after ``batches`` steps."""
+    s = Step(name, cfg)
+    s.run(batches)
+    return s.weights_sha256()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -106,18 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     warm, timed = make_batches(2, patch, bs), make_batches(args.steps, patch, bs)
     repro = make_batches(args.repro_steps, patch, bs)
     names = ["eager"] + [n for n in args.variants if n != "eager"]
-    steps: dict[str, Step] = {}
-    first_s: dict[str, float] = {}
-    errors: dict[str, str] = {}
-    for n in names:
-        try:
-            steps[n] = Step(n, cfg)
-            first_s[n] = steps[n].run(warm)  # compiles forward + backward on the first call
-            print(f"{n}: first 2 steps {first_s[n]:.1f} s", flush=True)
-        except Exception as exc:  # noqa: BLE001 - a variant that cannot run is a result
-            errors[n] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            steps.pop(n, None)
-            print(f"{n}: FAILED {errors[n]}", flush=True)
+    steps, first_s, errors = build_and_warm(names, cfg, warm)
     times: dict[str, list[float]] = {n: [] for n in steps}
     for r in range(args.rounds):
         order = list(steps.values()) if r % 2 == 0 else list(steps.values())[::-1]
@@ -129,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, ts in times.items()
     }
     compile_s = {n: first_s[n] - 2 * eager_step for n in steps if n.startswith("compile")}
-    hashes: dict[str, list[str]] = {}
-    for n in steps:
-        hashes[n] = []
-        for _ in range(2):
-            s = Step(n, cfg)
-            s.run(repro)
-            hashes[n].append(s.weights_sha256())
+    hashes = {n: [fresh_run_sha256(n, cfg, repro) for _ in range(2)] for n in steps}
     bitwise = {n: h[0] == h[1] for n, h in hashes.items()}
     same_as_eager = {n: h[0] == hashes["eager"][0] for n, h in hashes.items()}
     adopt = [n for n in steps if n != "eager" and speedup[n] >= 1.3 and bitwise[n]]
