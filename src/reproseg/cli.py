@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reproseg.batch_predict",
         "segment a folder/table of images: ensemble, uncertainty maps, QC flags, report",
     ),
+    "correction": (
+        "reproseg.correction",
+        "export predictions for napari/Slicer correction; import corrections as a rater",
+    ),
     "evaluate": ("reproseg.evaluate", "per-case metrics of a model or baseline"),
     "aggregate": ("reproseg.aggregate", "mean/std across folds and seeds, CIs, tables"),
     "report": ("reproseg.report", "build results/report.html"),
