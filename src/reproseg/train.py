@@ -379,6 +379,38 @@ def _train_epoch(
     return losses, steps_done
 
 
+def _write_outputs(
+    outputs: TrainOutputs,
+    model_file: ModelFile,
+    history: list[dict[str, Any]],
+    preprocessing: dict[str, Any],
+    environment: dict[str, Any],
+    emissions: dict[str, Any],
+    title: str,
+    checkpoint: Path,
+) -> dict[str, Any]:
+    """Write every output of a finished job, then drop its checkpoint; returns the model's
+    metadata (without the weights)."""
+    model_file.save(outputs.model)
+    meta = model_file.meta()
+    write_tsv(
+        outputs.history,
+        pd.DataFrame(history, columns=["epoch", "loss", "val_dice", "seconds", "lr"]),
+    )
+    write_json(outputs.preprocessing, preprocessing)
+    write_json(outputs.environment, environment)
+    write_json(outputs.emissions, emissions)
+    _plot_history(history, outputs.curve, title)
+    checkpoint.unlink(missing_ok=True)  # only once every final output exists
+    log.info(
+        "best val Dice %.4f at epoch %d; weights sha256 %s",
+        meta["val_dice"],
+        meta["epoch"],
+        meta["weights_sha256"][:16],
+    )
+    return {k: v for k, v in meta.items() if k != "state_dict"}
+
+
 def train_model(
     manifest_path: str | Path,
     splits_path: str | Path,
@@ -518,53 +550,41 @@ def train_model(
                     seed,
                 )
 
-    model_file = ModelFile(
-        state_dict=best["state_dict"],
-        model_name=model_name,
-        model_config=mcfg.model_dump(mode="json"),
-        preprocessing=pre,
-        labels={int(k): v for k, v in cfg.labels.items()},
-        epoch=best["epoch"],
-        val_dice=best["val_dice"],
-        patch_size=list(patch_size),
-        in_channels=1,
-        out_channels=n_classes,
-        extra={
-            "fold": fold,
-            "seed": seed,
-            "sw_batch_size": tc.batch_size,
-            "splits_sha256": splits.get("sha256"),
-            "weights_sha256": state_dict_sha256(best["state_dict"]),
-            "final_weights_sha256": state_dict_sha256(model.state_dict()),
-            "fingerprint": fold_data.fingerprint,
-        },
-    )
-    model_file.save(outputs.model)
-    meta = model_file.meta()
-    write_tsv(
-        outputs.history,
-        pd.DataFrame(history, columns=["epoch", "loss", "val_dice", "seconds", "lr"]),
-    )
-    write_json(outputs.preprocessing, pre)
-    write_json(
-        outputs.environment,
+    return _write_outputs(
+        outputs,
+        ModelFile(
+            state_dict=best["state_dict"],
+            model_name=model_name,
+            model_config=mcfg.model_dump(mode="json"),
+            preprocessing=pre,
+            labels={int(k): v for k, v in cfg.labels.items()},
+            epoch=best["epoch"],
+            val_dice=best["val_dice"],
+            patch_size=list(patch_size),
+            in_channels=1,
+            out_channels=n_classes,
+            extra={
+                "fold": fold,
+                "seed": seed,
+                "sw_batch_size": tc.batch_size,
+                "splits_sha256": splits.get("sha256"),
+                "weights_sha256": state_dict_sha256(best["state_dict"]),
+                "final_weights_sha256": state_dict_sha256(model.state_dict()),
+                "fingerprint": fold_data.fingerprint,
+            },
+        ),
+        history,
+        pre,
         capture_environment(
             config_sha256=sha256_json(cfg.model_dump(mode="json")),
             manifest_sha256=sha256_file(manifest_path),
         )
         | {"device": str(device), "amp": use_amp},
+        # energy before a resume is not included
+        emissions | {"resumed_from_epoch": start_epoch},
+        f"{model_name} fold {fold} seed {seed}",
+        checkpoint,
     )
-    emissions["resumed_from_epoch"] = start_epoch  # energy before a resume is not included
-    write_json(outputs.emissions, emissions)
-    _plot_history(history, outputs.curve, f"{model_name} fold {fold} seed {seed}")
-    checkpoint.unlink(missing_ok=True)  # only once every final output exists
-    log.info(
-        "best val Dice %.4f at epoch %d; weights sha256 %s",
-        best["val_dice"],
-        best["epoch"],
-        meta["weights_sha256"][:16],
-    )
-    return {k: v for k, v in meta.items() if k != "state_dict"}
 
 
 def _save_checkpoint(
