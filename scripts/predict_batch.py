@@ -18,6 +18,14 @@ if smk.rule == "predict_batch_gather":
     )
 else:
     chunk, n_chunks = (int(v) for v in smk.wildcards.scatteritem.split("-of-"))
+    tracking_uri = None
+    if cfg.model_uri.startswith(("models:/", "runs:/")):
+        from pathlib import Path
+
+        from reproseg.publish.mlflow import resolve_tracking_uri
+        from reproseg.workflow_helpers import step_config
+
+        tracking_uri = resolve_tracking_uri(step_config(publish=smk.params.publish), Path.cwd())
     run_logged(
         smk.log,
         predict_chunk,
@@ -28,4 +36,5 @@ else:
         smk.output.chunk,
         smk.params.cases,
         threads=int(smk.threads),
+        tracking_uri=tracking_uri,
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import itertools
 import math
 import time
@@ -52,6 +53,8 @@ __all__ = [
     "chunk_cases",
     "gather_batch",
     "list_inputs",
+    "load_bioimageio",
+    "load_members",
     "predict_case",
     "predict_chunk",
     "predict_with_uncertainty",
@@ -354,10 +357,111 @@ def predict_case(
     return row
 
 
-def _members_of(model_paths: Sequence[str | Path]) -> list[tuple[torch.nn.Module, dict]]:
-    if not model_paths:
-        raise ValueError("predict_batch: no model files given")
-    return [P.load_model(p) for p in model_paths]
+def _read_package(path: Path) -> tuple[dict[str, Any], bytes, str]:
+    """(rdf.yaml, the pytorch_state_dict weights bytes, where) of a BioImage.IO package."""
+    import zipfile
+
+    import yaml
+
+    def read(name: str) -> bytes:
+        if path.is_dir():
+            return (path / name).read_bytes()
+        with zipfile.ZipFile(path) as zf:
+            return zf.read(name)
+
+    try:
+        rdf = yaml.safe_load(io.BytesIO(read("rdf.yaml")))
+        source = rdf["weights"]["pytorch_state_dict"]["source"]
+        return rdf, read(source), source
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a readable BioImage.IO package: {exc!r}") from exc
+
+
+def load_bioimageio(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The pipeline network and inference metadata of a ReproSeg BioImage.IO package.
+
+    The package's model (``SlidingWindowSegmenter``, reproseg.publish.sliding_window_model)
+    wraps the pipeline's own network (state-dict prefix ``net.``) in the network's x, y, z
+    order; its kwargs give the architecture, the window (training patch) and batch, the
+    input preprocessing gives the clip + z-score, and the axes' ``scale`` (mm, z, y, x)
+    the working grid. So the package runs through the same inference as a model file.
+    A package has no training fingerprint: the QC reports the checks that need it as not
+    checked.
+    """
+    from monai.networks import nets
+
+    p = Path(path)
+    rdf, weights, source = _read_package(p)
+    try:
+        kw = rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]
+        net = getattr(nets, kw["net_callable"])(**kw["net_kwargs"])
+        if not kw.get("transpose_spatial", False):
+            raise ValueError("expected a package of a network trained on x, y, z volumes")
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        net.load_state_dict(
+            {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")},
+            strict=True,
+        )
+        inp = rdf["inputs"][0]
+        ops = {op["id"]: op.get("kwargs", {}) for op in inp.get("preprocessing", [])}
+        clip, norm = ops["clip"], ops["fixed_zero_mean_unit_variance"]
+        scale_zyx = [ax["scale"] for ax in inp["axes"] if ax.get("type") == "space"]
+        channel_names = next(
+            ax["channel_names"] for ax in rdf["outputs"][0]["axes"] if ax.get("type") == "channel"
+        )
+    except (KeyError, TypeError, AttributeError, StopIteration, RuntimeError) as exc:
+        raise ValueError(f"{p}: {source}: cannot rebuild the network: {exc!r}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from exc
+    meta = {
+        "preprocessing": {
+            "clip_low": float(clip["min"]),
+            "clip_high": float(clip["max"]),
+            "mean": float(norm["mean"]),
+            "std": float(norm["std"]),
+            **({"target_spacing": [float(v) for v in scale_zyx[::-1]]} if scale_zyx else {}),
+        },
+        "patch_size": [int(v) for v in kw["roi_size"]],
+        "sw_batch_size": int(kw.get("sw_batch_size", 2)),
+        "out_channels": int(kw.get("n_classes") or len(channel_names)),
+        "labels": dict(enumerate(channel_names)),
+        "source": str(p),
+    }
+    return net.eval(), meta
+
+
+def load_members(
+    sources: Sequence[str | Path], tracking_uri: str | None = None
+) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+    """Ensemble members (network, metadata) from model sources of any kind.
+
+    * ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...``: the MLflow
+      registry / artifact store (:func:`reproseg.publish.mlflow.load_published`: plain
+      weights, hash checked, no unpickling); an ensemble contributes all its members;
+    * a BioImage.IO package (``.zip`` or a folder with ``rdf.yaml``): :func:`load_bioimageio`;
+    * a ``model.pt`` (:class:`reproseg.artifacts.ModelFile`) or a published ``weights.pt``.
+    """
+    if not sources:
+        raise ValueError("predict_batch: no model given")
+    members: list[tuple[torch.nn.Module, dict[str, Any]]] = []
+    for src in sources:
+        text, path = str(src), Path(src)
+        if text.startswith(("models:/", "runs:/")):
+            from reproseg.publish.mlflow import load_published
+
+            members += load_published(text, tracking_uri).members
+        elif path.suffix == ".zip" or (path / "rdf.yaml").is_file():
+            members.append(load_bioimageio(path))
+        elif not path.is_file():
+            raise ValueError(f"{path}: model file not found")
+        else:
+            try:
+                members.append(P.load_model(path))
+            except ValueError:  # a published weights.pt (one or several members)
+                from reproseg.publish.mlflow import load_weights_file
+
+                members += load_weights_file(path).members
+    return members
 
 
 def predict_chunk(
@@ -368,18 +472,20 @@ def predict_chunk(
     out_tsv: str | Path,
     out_dir: str | Path,
     threads: int | None = None,
+    tracking_uri: str | None = None,
 ) -> pd.DataFrame:
     """Predict chunk ``chunk`` of ``n_chunks`` of the inputs of ``cfg``; write its rows.
 
     Every chunk lists the inputs itself (sorted, cheap), so chunks share no state and run
-    anywhere (one SLURM job each). The models are loaded once per chunk. The QC reference
-    is the fingerprint of the first model file (its fold's training cases).
+    anywhere (one SLURM job each). The models (``cfg.model_uri`` if set, else
+    ``model_paths``; see :func:`load_members`) are loaded once per chunk. The QC reference
+    is the fingerprint of the first member (its fold's training cases).
     """
     if threads:
         torch.set_num_threads(int(threads))
     flips = tta_flips(cfg.tta_axes if cfg.tta else [], cfg.lateralised)
     cases = chunk_cases(list_inputs(cfg.inputs, cfg.image_column, cfg.id_column), chunk, n_chunks)
-    members = _members_of(model_paths)
+    members = load_members([cfg.model_uri] if cfg.model_uri else model_paths, tracking_uri)
     fingerprint = members[0][1].get("fingerprint")
     log.info(
         "chunk %d/%d: %d case(s), %d model(s) x %d flip(s) %s",
@@ -441,7 +547,14 @@ def cli(argv: list[str]) -> int:
     predict every input (one process, one chunk), write ``per_case.tsv`` and
     ``report.html`` in ``--out``, with the labels and uncertainty maps in ``--out/cases``."""
     p = argparse.ArgumentParser(prog="reproseg predict-batch", description=cli.__doc__)
-    p.add_argument("--model", required=True, action="append", help="model.pt (repeat)")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model.pt, published weights.pt, BioImage.IO package (.zip or folder) or "
+        "models:/<name>@<alias> (repeat to ensemble)",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/")
     p.add_argument("--inputs", required=True, help="folder of NIfTI images or CSV/TSV table")
     p.add_argument("--image-column", default="image")
     p.add_argument("--id-column", default="")
@@ -463,7 +576,7 @@ def cli(argv: list[str]) -> int:
         )
         out = Path(args.out)
         chunk = out / "chunks" / "1-of-1.tsv"
-        predict_chunk(cfg, args.model, 1, 1, chunk, out / "cases", args.threads)
+        predict_chunk(cfg, args.model, 1, 1, chunk, out / "cases", args.threads, args.tracking_uri)
         gather_batch([chunk], out / "per_case.tsv", out / "report.html", args.model, cfg)
     except ValueError as exc:
         log.error("%s", exc)

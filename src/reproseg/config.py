@@ -515,6 +515,12 @@ class PredictConfig(_Strict):
         "fold",
         description="Ensemble members: every fold (first seed), every seed (fold 0), or all.",
     )
+    model_uri: str = Field(
+        "",
+        description="Use this model instead of the run's own: models:/<name>@<alias> (MLflow "
+        "registry), a published weights.pt or model.pt, or a BioImage.IO package (.zip or "
+        "folder). Empty: the run's models (predict.model, predict.models).",
+    )
     tta: bool = Field(False, description="Test-time augmentation by flips along tta_axes.")
     tta_axes: list[Literal[0, 1, 2]] = Field(
         default_factory=list,

@@ -280,3 +280,103 @@ def test_dry_run_has_one_job_per_chunk_and_one_gather(tmp_path: Path, set_scatte
     assert counts.get("predict_batch") == str(set_scatter or 3), text[-2000:]
     assert counts.get("predict_batch_gather") == "1", text[-2000:]
     assert "train" in counts  # the ensemble members come from the pipeline's own training
+
+
+# ------------------------------------------------------------------ other model sources
+def _image(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return rng.normal(0, 100, (22, 20, 18)).astype(np.float32), np.diag([-1.2, 1.0, 2.0, 1.0])
+
+
+def _labels(members, image, affine) -> np.ndarray:
+    return B.predict_with_uncertainty(members, image, affine).labels
+
+
+def test_bioimageio_package_predicts_what_its_model_file_predicts(tmp_path: Path) -> None:
+    """A package laid out as reproseg.publish.bioimageio writes it (SlidingWindowSegmenter
+    weights with the ``net.`` prefix, clip + z-score preprocessing, mm scale per axis)."""
+    import yaml
+
+    from reproseg.io import save_torch
+    from reproseg.models import export_architecture
+    from reproseg.publish.bioimageio import _tensor_axes
+    from reproseg.publish.sliding_window_model import SlidingWindowSegmenter
+
+    mf = ModelFile.load(_tiny_model_file(tmp_path / "m.pt"))
+    arch = export_architecture(mf.config, 1, mf.out_channels)
+    kwargs = {
+        "net_callable": arch.callable,
+        "net_kwargs": arch.kwargs,
+        "roi_size": mf.patch_size,
+        "sw_batch_size": 2,
+        "n_classes": mf.out_channels,
+        "transpose_spatial": True,
+    }
+    seg = SlidingWindowSegmenter(**kwargs)
+    seg.net.load_state_dict(mf.state_dict, strict=True)
+    pkg = tmp_path / "package"
+    pkg.mkdir()
+    save_torch(pkg / "weights.pt", seg.state_dict())
+    names = [mf.labels[i] for i in range(mf.out_channels)]
+    spacing_zyx = tuple(mf.target_spacing[::-1])
+    rdf = {
+        "inputs": [
+            {
+                "axes": _tensor_axes(16, 16, ["ct"], None, spacing_zyx),
+                "preprocessing": [
+                    {"id": "clip", "kwargs": {"min": -3000.0, "max": 3000.0}},
+                    {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": 0.0, "std": 100.0}},
+                ],
+            }
+        ],
+        "outputs": [{"axes": _tensor_axes(0, 0, names, "image", spacing_zyx)}],
+        "weights": {
+            "pytorch_state_dict": {"source": "weights.pt", "architecture": {"kwargs": kwargs}}
+        },
+    }
+    (pkg / "rdf.yaml").write_text(yaml.safe_dump(rdf), encoding="utf-8")
+    image, affine = _image(tmp_path)
+    [member] = B.load_members([pkg])
+    assert member[1]["preprocessing"]["target_spacing"] == [1.5, 1.5, 1.5]
+    expected = _labels([(mf.load_network(), mf.meta())], image, affine)
+    assert np.array_equal(_labels([member], image, affine), expected)
+    assert len(np.unique(expected)) > 1  # a random network: a real comparison
+    with pytest.raises(ValueError, match="not a readable BioImage.IO package"):
+        B.load_members([tmp_path / "missing.zip"])
+
+
+def test_published_ensemble_from_the_mlflow_registry_by_alias(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from reproseg.io import save_torch, sha256_file
+    from reproseg.publish.mlflow import WEIGHTS_FORMAT
+
+    m0 = ModelFile.load(_tiny_model_file(tmp_path / "m0.pt"))
+    torch.manual_seed(1)
+    m1 = ModelFile(**{**m0.__dict__, "state_dict": m0.build_network().state_dict()})
+    weights = tmp_path / "weights.pt"
+    members = [{**m.to_dict(), "job": f"unet/fold{i}/seed0"} for i, m in enumerate((m0, m1))]
+    save_torch(weights, {"format": WEIGHTS_FORMAT, "kind": "ensemble", "members": members})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifact(run_id, str(weights), "final_model")
+    client.create_registered_model("seg")
+    version = client.create_model_version(
+        "seg",
+        source=f"runs:/{run_id}/final_model",
+        run_id=run_id,
+        tags={
+            "weights_uri": f"runs:/{run_id}/final_model/weights.pt",
+            "weights_sha256": sha256_file(weights),
+        },
+    )
+    client.set_registered_model_alias("seg", "champion", version.version)
+    loaded = B.load_members(["models:/seg@champion"], tracking_uri=uri)
+    assert len(loaded) == 2
+    image, affine = _image(tmp_path)
+    direct = [(m.load_network(), m.meta()) for m in (m0, m1)]
+    assert np.array_equal(_labels(loaded, image, affine), _labels(direct, image, affine))
+    assert len(B.load_members([weights])) == 2  # the weights file itself, from disk
+    assert loaded[0][1]["fingerprint"] == FINGERPRINT  # QC keeps its reference

@@ -55,7 +55,10 @@ def cohort_ingest_code(wildcards):
 
 
 def predict_batch_models():
-    """Model files of the batch-prediction ensemble (predict.models: fold | seed | all)."""
+    """Model files of the batch-prediction ensemble (predict.models: fold | seed | all);
+    none when predict.model_uri names another model (registry, package, file)."""
+    if CFG.predict.model_uri:
+        return []
     name = CFG.predict.model or MODELS[0]
     if name not in MODELS:
         raise ValueError(f"predict.model: {name!r} is not one of train.models {MODELS}")

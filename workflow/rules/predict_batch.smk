@@ -27,6 +27,7 @@ rule predict_batch:
         runtime=240,
     params:
         predict=CFG.predict.model_dump(),
+        publish=CFG.publish.model_dump(),
         cases=layout.PREDICT_BATCH_CASES,
         code=code_hash(
             "reproseg.batch_predict", "reproseg.predict_qc", "reproseg.predict"
