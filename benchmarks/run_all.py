@@ -4,7 +4,8 @@ Each benchmark is run in its own process with ``--json <file>`` and must write t
 format of ``benchmarks/_result.py``: ``{"benchmark", "targets": [{"name", "value",
 "target", "comparison", "unit", "conditions"}], "machine", "details"}``. The runner
 decides pass / fail from ``value <comparison> target`` itself; a benchmark that crashes,
-times out, or writes no (or a malformed) result counts as failed too.
+times out, or writes no (or a malformed) result counts as failed too, and so does a
+``benchmarks/bench_*.py`` that is not registered in :data:`BENCHMARKS` (unless ``--only``).
 
     .venv/bin/python benchmarks/run_all.py            # full sizes (make benchmarks)
     .venv/bin/python benchmarks/run_all.py --quick    # small sizes, ~10 min on 2 cores
@@ -274,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             results[name] = run_one(name, args.quick, args.out_dir, args.timeout)
+        if not args.only:  # a benchmark the runner does not know is a benchmark nobody enforces
+            known = {script for script, _, _ in BENCHMARKS.values()}
+            for path in sorted(HERE.glob("bench_*.py")):
+                if path.name not in known:
+                    results[path.stem] = {
+                        "source": str(path),
+                        "doc": None,
+                        "problems": [f"{path.name}: not registered in run_all.BENCHMARKS"],
+                    }
     rows, ok = evaluate(results)
     meta = {
         "quick": args.quick,
