@@ -41,10 +41,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from reproseg.config import DEFAULT_FOREGROUND_NAME as WHOLE_NAME
 from reproseg.io import read_json, save_nifti, sha256_file, write_bytes, write_json, write_text
 from reproseg.io import write_tsv as _write_tsv
 from reproseg.logs import get_logger, setup_logging
-from reproseg.metrics import WHOLE_NAME, case_metrics
 
 __all__ = [
     "CORRECTED_RATER",
@@ -54,6 +54,7 @@ __all__ = [
     "change_table",
     "cli",
     "color_table_text",
+    "corrections_table_of",
     "export_corrections",
     "find_corrected",
     "import_corrections",
@@ -575,6 +576,8 @@ def change_table(
     ``changed_fraction`` divides them by the class's voxels before or after (0 = untouched,
     1 = nothing kept), i.e. ``1 - Jaccard``.
     """
+    from reproseg.metrics import case_metrics  # torch + MONAI: only when measuring
+
     rows = case_metrics(
         prediction, corrected, spacing, labels, nsd_tolerance_mm, whole_name=whole_name
     )
@@ -766,6 +769,19 @@ def import_corrections(
         len(skipped),
     )
     return changes_df
+
+
+def corrections_table_of(cfg: Any) -> Path | None:
+    """The ``corrections.tsv`` of the run's input dataset, when it came from an import.
+
+    ``correction import`` writes it beside ``dataset.tsv``; a run whose source is that table
+    (``source.local.layout: table``) shows it in its report. ``None`` otherwise.
+    """
+    local = cfg.source.local
+    if cfg.source.kind != "local" or local.layout != "table" or not local.path:
+        return None
+    path = Path(local.path).expanduser().parent / "corrections.tsv"
+    return path if path.is_file() else None
 
 
 def corrections_html(changes: pd.DataFrame, who: str, model_version: str) -> str:

@@ -99,6 +99,8 @@ class ReportInputs:
     table_md: Path | None = None
     qc_md: Path | None = None
     interrater_tsv: Path | None = None
+    corrections_tsv: Path | None = None
+    """``corrections.tsv`` of the input dataset (``reproseg correction import``), if any."""
     dome_json: Path | None = None
     mlflow_json: Path | None = None
     bioimageio_zip: Path | None = None
@@ -483,6 +485,22 @@ def interrater_section(path: Path | None) -> dict[str, Any] | None:
     return {"table": _table_html(wide), "n_rows": len(df), "note": note}
 
 
+def corrections_section(path: Path | None) -> dict[str, Any] | None:
+    """How much human correction changed each case (Dice prediction vs correction), or None."""
+    if path is None or not Path(path).exists():
+        return None
+    df = read_tsv(path)
+    if df.empty:
+        return None
+    whole = df[df["class_index"] == 0].set_index("case_id")
+    wide = df.pivot_table(index="case_id", columns="class_name", values="dice", sort=False)
+    wide.columns = [f"dice {c}" for c in wide.columns]
+    wide = wide.reset_index()
+    wide.insert(1, "uncertainty", wide["case_id"].map(whole["uncertainty_score"]))
+    wide["changed fraction (foreground)"] = wide["case_id"].map(whole["changed_fraction"])
+    return {"table": _table_html(wide), "n_cases": int(df["case_id"].nunique())}
+
+
 def energy_section(paths: Sequence[Path]) -> dict[str, Any]:
     rows = []
     for p in sorted(paths):
@@ -651,6 +669,7 @@ def build_report(inp: ReportInputs, cfg: Config, out_html: str | Path) -> Path:
         "qc": qc_section(inp),
         "splits": splits_section(splits, inp.splits_json),
         "interrater": interrater_section(inp.interrater_tsv),
+        "corrections": corrections_section(inp.corrections_tsv),
         "energy": energy_section(inp.emissions),
         "env": environment_section(inp, cfg, manifest, splits),
         "rerun": rerun_commands(inp.configfiles),
@@ -680,6 +699,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="output HTML (default <results>/report.html)")
     p.add_argument("--predictions", default=None, help="one run's predictions folder (overlays)")
     args = p.parse_args(argv)
+    from reproseg.correction import corrections_table_of
+
     cfg = load_config(args.config)
     r = Path(args.results)
     at = lambda pattern, **wc: layout.in_results(pattern, r, **wc)
@@ -703,6 +724,7 @@ def cli(argv: list[str]) -> int:
         environments=files(layout.ENVIRONMENT),
         emissions=files(layout.EMISSIONS),
         interrater_tsv=opt(at(layout.INTERRATER)),
+        corrections_tsv=corrections_table_of(cfg),
         dome_json=opt(at(layout.DOME_JSON)),
         mlflow_json=opt(at(layout.MLFLOW_RECORD)),
         bioimageio_zip=opt(at(layout.BIOIMAGEIO_ZIP, run_name=cfg.run_name)),

@@ -329,3 +329,30 @@ def test_cli_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     )
     assert read_json(tmp_path / "d" / "provenance.json")["corrected_by"] == "env user"
     assert cases
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_report_shows_the_corrections_of_the_input_dataset(tmp_path: Path) -> None:
+    from reproseg.report import build_report
+
+    from ..fake_run import fake_config, report_inputs
+
+    out, _ = _export(tmp_path / "c", {"a": 0.4, "b": 0.9})
+    _correct(out, "b")
+    dataset = tmp_path / "dataset"
+    C.import_corrections(out, dataset, who="x")
+    cfg = _ingest_cfg(dataset / "dataset.tsv")
+    assert C.corrections_table_of(cfg) == dataset / "corrections.tsv"
+    assert C.corrections_table_of(_ingest_cfg(tmp_path / "elsewhere" / "t.tsv")) is None
+    changes = pd.read_csv(dataset / "corrections.tsv", sep="\t")
+    inp = report_inputs(tmp_path / "run", corrections_tsv=C.corrections_table_of(cfg))
+    page = build_report(inp, fake_config(), tmp_path / "run/results/report.html").read_text()
+    block = page.split("<h3>Corrections</h3>")[1].split("</section>")[0]
+    assert "1 corrected cases" in block and "<td>b</td>" in block
+    whole_dice = changes.loc[changes["class_index"] == 0, "dice"].iloc[0]
+    assert f"{whole_dice:.3f}" in block
+    plain = report_inputs(tmp_path / "run2")
+    page = build_report(plain, fake_config(), tmp_path / "run2/results/report.html").read_text()
+    assert "<h3>Corrections</h3>" not in page
