@@ -2,6 +2,8 @@
 # it: the crate contains the report. MLflow / BioImage.IO inputs follow the publish flags.
 
 
+from reproseg.correction import corrections_table_of
+
 # Named inputs of the report (named as reproseg.report.ReportInputs' fields); the optional
 # ones only when their step is enabled.
 REPORT_INPUTS = {
@@ -25,6 +27,9 @@ REPORT_INPUTS = {
 }
 if CFG.publish.mlflow.enabled:
     REPORT_INPUTS["mlflow_json"] = layout.MLFLOW_RECORD
+# corrections.tsv beside the source table when the data came from `correction import`
+if (CORRECTIONS_TSV := corrections_table_of(CFG)) is not None:
+    REPORT_INPUTS["corrections_tsv"] = str(CORRECTIONS_TSV)
 if CFG.publish.bioimageio.enabled:
     REPORT_INPUTS["bioimageio_zip"] = layout.fill(
         layout.BIOIMAGEIO_ZIP, run_name=CFG.run_name
