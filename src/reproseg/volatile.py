@@ -11,7 +11,8 @@ reason. A key is either
   (``"child_run_ids.*"``), and three selectors of list items: ``[type=T]`` (JSON-LD
   entities of ``@type`` T), ``[id=I]`` (the entity with ``@id`` I) and ``[volatile]``
   (entities whose ``@id`` is a file, relative to the JSON file's folder, that is volatile
-  or has volatile fields); for ``.tsv`` files it is a column name; for ``.yaml`` a dotted path as JSON.
+  or has volatile fields); a field ending in ``[order]`` makes only the order of that list
+  volatile; for ``.tsv`` files it is a column name; for ``.yaml`` a dotted path as JSON.
 
 :func:`compare_runs` applies the list to two working directories; the byte-stability
 test (tests/workflow/test_byte_stability.py) and a reproduce tool use it. Adding an entry
@@ -37,6 +38,10 @@ VOLATILE: dict[str | tuple[str, str], str] = {
     "results/models/*/fold*/seed*/emissions.json": (
         "codecarbon record of one training job: duration, energy and CO2 are measured "
         "(or estimated from load) and change with machine load."
+    ),
+    ("results/cache/preprocessed/*/meta.json", "seconds"): (
+        "Wall time of preprocessing the case; the cached arrays and the rest of the record "
+        "are deterministic."
     ),
     ("results/models/*/fold*/seed*/history.tsv", "seconds"): (
         "Wall time of each epoch; every other column (loss, val_dice, lr) is deterministic."
@@ -76,6 +81,10 @@ VOLATILE: dict[str | tuple[str, str], str] = {
     ),
     ("results/ro-crate-metadata.json", "@graph.[id=./].datePublished"): (
         "Date the crate was written."
+    ),
+    ("results/ro-crate-metadata.json", "@graph.[order]"): (
+        "Order of the entities: the rule executions are listed as Snakemake finished them, "
+        "which varies between runs; a JSON-LD @graph is a set, so only its content is compared."
     ),
     ("results/ro-crate-metadata.json", "@graph.[volatile].sha256"): (
         "Hash of a file that is volatile or has volatile fields (listed here), e.g. "
@@ -190,6 +199,16 @@ def _drop(obj: Any, field: list[str], folder: str = "") -> None:
                 del obj[i]
 
 
+def _sort(obj: Any, field: list[str]) -> None:
+    """Sort the list at the dotted ``field`` by the canonical JSON of its items."""
+    for key in field:
+        if not isinstance(obj, dict) or key not in obj:
+            return
+        obj = obj[key]
+    if isinstance(obj, list):
+        obj.sort(key=lambda item: json.dumps(item, sort_keys=True))
+
+
 def stable_content(path: Path, rel: str) -> Any:
     """What must be identical in ``path``: its bytes, or its parsed content minus the
     volatile fields when :data:`VOLATILE` lists fields of it."""
@@ -207,8 +226,11 @@ def stable_content(path: Path, rel: str) -> Any:
     text = path.read_text(encoding="utf-8")
     obj = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
-    for field in fields:
-        _drop(obj, _split_field(field), folder)
+    for field in sorted(fields, key=lambda f: f.endswith(".[order]")):  # order last
+        if field.endswith(".[order]"):
+            _sort(obj, _split_field(field)[:-1])
+        else:
+            _drop(obj, _split_field(field), folder)
     return json.dumps(obj, sort_keys=True)
 
 

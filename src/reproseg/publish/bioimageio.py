@@ -860,6 +860,21 @@ def build_package(cfg: Config, files: RunFiles, package_dir: Path) -> Path:
     return rdf_path
 
 
+def normalise_zip(path: Path) -> None:
+    """Rewrite a zip with every member dated :data:`ZIP_EPOCH`, in its original order.
+
+    ``save_bioimageio_package`` dates the rdf.yaml it writes with the current time, so
+    the same package would zip to different bytes in every run."""
+    with zipfile.ZipFile(path) as src:
+        members = [(info, src.read(info.filename)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in members:
+            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            dst.writestr(fixed, data)
+
+
 def check_zip_members(zip_path: Path) -> list[str]:
     """Member names of a zip; ValueError if one is absolute or climbs out with ``..``."""
     with zipfile.ZipFile(zip_path) as zf:
@@ -903,6 +918,7 @@ def export_bioimageio(
         rdf = build_package(cfg, files, Path(tmp) / "package")
         with atomic_path(out_zip) as tmp_zip:
             save_bioimageio_package(rdf, output_path=tmp_zip)
+            normalise_zip(tmp_zip)
             members = check_zip_members(tmp_zip)
             summary = validate_package(tmp_zip)
         # The validator names the temporary zip (random name, absolute path): record the
