@@ -58,6 +58,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--cases", "2", "4", "--shape", "96", "96", "48", "--steps", "2", "--reference-max", "0"],
     ),
     "predict": ("bench_predict.py", [], ["--sizes", "60", "--reps", "2", "--threads", "1"]),
+    "predict_batch": (
+        "bench_predict_batch.py",
+        ["--cases", "4", "--slices", "80", "--slice-mm", "2.5", "--target-mm", "1.5"],
+        ["--cases", "2", "--slices", "40", "--slice-mm", "5", "--target-mm", "3", "--threads", "1"],
+    ),
     "train_compile": ("bench_train_compile.py", [], []),  # full mode only: compiles for minutes
 }
 QUICK_SKIP = {"train_compile"}

@@ -260,6 +260,8 @@ def predict_with_uncertainty(
         member_fg |= arg > 0
     disagreement /= n
     del argmaxes
+    t1 = time.perf_counter()
+    timings["uncertainty"] = timings.get("uncertainty", 0.0) + t1 - t0
     labels = P.native_labels(mean, grid)
     del mean, total
     labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels, back), np.uint8)
@@ -275,7 +277,7 @@ def predict_with_uncertainty(
         ras_image=ras,
         ras_affine=ras_affine,
     )
-    timings["uncertainty"] = timings.get("uncertainty", 0.0) + time.perf_counter() - t0
+    timings["resample_back"] = timings.get("resample_back", 0.0) + time.perf_counter() - t1
     return out
 
 
@@ -321,6 +323,7 @@ def predict_case(
         timings["load"] = time.perf_counter() - t0
         result = predict_with_uncertainty(members, data, affine, flips, timings)
         files = {k: out / v.format(case=case_id) for k, v in CASE_FILES.items()}
+        t1 = time.perf_counter()
         save_nifti(files["labels"], result.labels, affine)
         save_unit_map(files["entropy"], result.entropy, affine)
         save_unit_map(files["disagreement"], result.disagreement, affine)
@@ -331,6 +334,8 @@ def predict_case(
             "uncertainty_score": round(result.uncertainty_score, 6),
             "disagreement_score": round(result.disagreement_score, 6),
         }
+        t2 = time.perf_counter()
+        timings["save"] = t2 - t1
         row |= case_qc(
             labels=result.labels,
             affine=affine,
@@ -341,11 +346,13 @@ def predict_case(
             fingerprint=fingerprint,
             qc=qc,
         )
+        timings["qc"] = time.perf_counter() - t2
     except (OSError, ValueError, RuntimeError) as exc:
         log.error("%s: %s: prediction failed: %s", case_id, image_path, exc)
         row["error"] = f"{type(exc).__name__}: {exc}"
         row["flags"] = "error"
     row["seconds"] = round(time.perf_counter() - t0, 3)
+    row |= {f"seconds_{k}": round(v, 3) for k, v in timings.items()}
     log.info(
         "%s: %s, uncertainty %s, flags [%s], %.1f s",
         case_id,
