@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gzip
 import html
 import os
 from collections.abc import Mapping, Sequence
@@ -325,6 +326,48 @@ def _index_row(rank: int, case: PredictedCase, folder: Path, out: Path) -> dict[
     }
 
 
+def _checked_prediction(
+    case: PredictedCase, labels: Mapping[int, str], tol_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, image affine, uint8 prediction) of a case whose prediction fits its image."""
+    image, img_aff = _load(case.image, "image")
+    pred, pred_aff = _load(case.prediction, "prediction")
+    if not _same_grid(image.shape, img_aff, pred.shape, pred_aff, tol_mm):
+        raise ValueError(
+            f"{case.prediction}: prediction grid {pred.shape} differs from its image "
+            f"{case.image} {image.shape} (or their affines differ by more than {tol_mm} mm)"
+        )
+    return image, img_aff, _label_values_ok(pred, labels, case.prediction)
+
+
+def _write_case(
+    folder: Path, case: PredictedCase, image: np.ndarray, img_aff: np.ndarray, pred: np.ndarray
+) -> None:
+    """Image and label of one case with the same header geometry.
+
+    A NIfTI image is copied byte for byte and the label reuses its header (qform and sform
+    as stored), so both files give the identical affine in every reader; other formats are
+    converted and both files written with one affine.
+    """
+    image_out, label_out = folder / f"{case.case_id}.nii.gz", folder / f"{case.case_id}.seg.nii.gz"
+    if str(case.image).lower().endswith((".nii.gz", ".nii")):
+        src = nib.load(str(case.image))
+        raw = Path(case.image).read_bytes()
+        if str(case.image).lower().endswith(".nii"):
+            raw = gzip.compress(raw, compresslevel=6, mtime=0)
+        write_bytes(image_out, raw)
+        header = src.header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_slope_inter(1.0, 0.0)
+        lab = type(src)(pred, None, header=header)
+        write_bytes(label_out, gzip.compress(lab.to_bytes(), compresslevel=6, mtime=0))
+        return
+    from reproseg.sources.local import image_dtype
+
+    save_nifti(image_out, image_dtype(image), img_aff)
+    save_nifti(label_out, pred, img_aff)
+
+
 def export_corrections(
     cases: Sequence[PredictedCase],
     out_dir: str | Path,
@@ -340,34 +383,27 @@ def export_corrections(
     exact affine, so both layers align in any viewer.
     """
     out = Path(out_dir)
+    if (out / "cases").is_dir() and any((out / "cases").iterdir()):
+        raise ValueError(
+            f"{out / 'cases'}: already holds an export; export each round into a new folder "
+            "(its corrected/ labels belong to that round's predictions)"
+        )
     ordered = order_cases(cases)[: top if top else None]
     width = max(3, len(str(len(ordered))))
-    rows, problems = [], []
-    for rank, case in enumerate(ordered, start=1):
-        folder = out / "cases" / f"{rank:0{width}d}_{case.case_id}"
+    problems = []
+    for case in ordered:  # check every case before writing any: no half-written export
         try:
-            image, img_aff = _load(case.image, "image")
-            pred, pred_aff = _load(case.prediction, "prediction")
-            if not _same_grid(image.shape, img_aff, pred.shape, pred_aff, tol_mm):
-                raise ValueError(
-                    f"{case.prediction}: prediction grid {pred.shape} differs from its image "
-                    f"{case.image} {image.shape} (or their affines differ by more than {tol_mm} mm)"
-                )
-            pred = _label_values_ok(pred, labels, case.prediction)
+            _checked_prediction(case, labels, tol_mm)
         except ValueError as exc:
             problems.append(f"case {case.case_id}: {exc}")
-            continue
-        name = str(case.image).lower()
-        if name.endswith(".nii.gz"):
-            write_bytes(folder / f"{case.case_id}.nii.gz", Path(case.image).read_bytes())
-        else:
-            from reproseg.sources.local import image_dtype
-
-            save_nifti(folder / f"{case.case_id}.nii.gz", image_dtype(image), img_aff)
-        save_nifti(folder / f"{case.case_id}.seg.nii.gz", pred, img_aff)
-        rows.append(_index_row(rank, case, folder, out))
     if problems:
         raise ValueError(f"{len(problems)} case(s) cannot be exported:\n" + "\n".join(problems))
+    rows = []
+    for rank, case in enumerate(ordered, start=1):
+        folder = out / "cases" / f"{rank:0{width}d}_{case.case_id}"
+        image, img_aff, pred = _checked_prediction(case, labels, tol_mm)
+        _write_case(folder, case, image, img_aff, pred)
+        rows.append(_index_row(rank, case, folder, out))
     index = pd.DataFrame(rows)
     _write_tsv(out / "index.tsv", index)
     write_text(out / "labels.ctbl", color_table_text(labels))

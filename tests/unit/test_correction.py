@@ -158,6 +158,10 @@ def test_prediction_off_the_image_grid_is_refused_at_export(tmp_path: Path) -> N
     save_nifti(case.prediction, _label(0)[:, :, :6], AFFINE)
     with pytest.raises(ValueError, match=str(case.prediction)):
         C.export_corrections([case], tmp_path / "export", LABELS)
+    save_nifti(case.prediction, _label(0), AFFINE)
+    C.export_corrections([case], tmp_path / "export", LABELS)
+    with pytest.raises(ValueError, match="already holds an export"):
+        C.export_corrections([case], tmp_path / "export", LABELS)
 
 
 # ----------------------------------------------------------------------------- change table
@@ -355,3 +359,26 @@ def test_report_shows_the_corrections_of_the_input_dataset(tmp_path: Path) -> No
     plain = report_inputs(tmp_path / "run2")
     page = build_report(plain, fake_config(), tmp_path / "run2/results/report.html").read_text()
     assert "<h3>Corrections</h3>" not in page
+
+
+def test_qform_only_image_and_its_label_read_back_with_the_same_affine(tmp_path: Path) -> None:
+    """An image whose geometry is only in the qform (sform code 0): the label reuses its header."""
+    (case,) = _cases(tmp_path, ["q"])
+    rotated = AFFINE.copy()
+    rotated[:3, :3] = AFFINE[:3, :3] @ np.array(
+        [[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]]
+    )
+    img = nib.Nifti1Image(np.zeros(SHAPE, np.int16), rotated)
+    img.set_sform(None, code=0)
+    img.set_qform(rotated, code=1)
+    nib.save(img, case.image)
+    pred = nib.Nifti1Image(_label(0), rotated)
+    pred.set_sform(None, code=0)
+    pred.set_qform(rotated, code=1)
+    nib.save(pred, case.prediction)
+    C.export_corrections([case], tmp_path / "export", LABELS)
+    folder = tmp_path / "export" / "cases" / "001_q"
+    image, label = nib.load(folder / "q.nii.gz"), nib.load(folder / "q.seg.nii.gz")
+    assert np.array_equal(image.affine, label.affine)
+    assert np.array_equal(np.asarray(label.dataobj), _label(0))
+    assert label.get_data_dtype() == np.uint8
