@@ -3,17 +3,17 @@
 from pathlib import Path
 
 from reproseg.logs import run_logged
-from reproseg.train import TrainOutputs, stop_after_env, train_model
-from reproseg.workflow_helpers import step_config
+from reproseg.train import TrainOutputs, job_config, stop_after_env, train_model
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 w, out = smk.wildcards, smk.output
-# The rule passes the train section without models and seeds (adding one must not rerun
-# the others): this job's own model and seed stand for them.
-cfg = step_config(
-    train={**smk.params.train, "models": {w.model: smk.params.model}, "seeds": [int(w.seed)]},
-    labels=smk.params.labels,
-    preprocess=smk.params.preprocess,
+cfg = job_config(
+    smk.params.train,
+    w.model,
+    smk.params.model,
+    int(w.seed),
+    smk.params.labels,
+    smk.params.preprocess,
 )
 outputs = TrainOutputs(
     model=Path(out.model),

@@ -42,6 +42,7 @@ from reproseg.config import load_config
 from reproseg.environment import capture_environment, git_commit
 from reproseg.io import read_json, sha256_file, sha256_json, write_json, write_text
 from reproseg.logs import get_logger
+from reproseg.train import job_config
 
 __all__ = [
     "BITWISE",
@@ -266,15 +267,34 @@ def check_config(record: Record) -> Check:
         cfg = load_config(yaml.safe_load(p.read_text(encoding="utf-8")))
     except Exception as exc:  # noqa: BLE001 - any validation failure is the finding
         return Check("config", "differed", f"{p}: this code cannot read it: {exc}")
-    digest = sha256_json(cfg.model_dump(mode="json"))
     diffs = []
+    n_jobs = 0
     for job, d in _job_dirs(record.results).items():
         env = d / "environment.json"
-        if env.is_file() and read_json(env).get("config_sha256") not in (None, digest):
+        recorded = read_json(env).get("config_sha256") if env.is_file() else None
+        model, _fold, seed = job.split("/")
+        if recorded is None or model not in cfg.train.models:
+            continue
+        n_jobs += 1
+        # Each job hashed the config its rule passed it: rebuild exactly that one.
+        expected = job_config(
+            cfg.train.model_dump(exclude={"models", "seeds"}),
+            model,
+            cfg.train.models[model].model_dump(),
+            int(seed.removeprefix("seed")),
+            cfg.labels,
+            cfg.preprocess.model_dump(),
+        )
+        if recorded != sha256_json(expected.model_dump(mode="json")):
             diffs.append(f"{job}: trained with another config (config_sha256 differs)")
+    digest = sha256_json(cfg.model_dump(mode="json"))
     if diffs:
         return Check("config", "differed", "jobs trained with another config", diffs)
-    return Check("config", "matched", f"config sha256 {digest[:12]} matches every training job")
+    if not n_jobs:
+        return Check("config", "could not check", "no training job recorded a config hash")
+    return Check(
+        "config", "matched", f"config sha256 {digest[:12]}: matches all {n_jobs} training jobs"
+    )
 
 
 def check_code(record: Record, repo: Path) -> Check:

@@ -616,6 +616,30 @@ def _save_checkpoint(
     save_torch(path, state)
 
 
+def job_config(
+    train: dict[str, Any],
+    model_name: str,
+    model: dict[str, Any],
+    seed: int,
+    labels: dict[int, str],
+    preprocess: dict[str, Any],
+) -> Config:
+    """The config of ONE training job, as its rule passes it (and as it is hashed).
+
+    The rule passes the train section without ``models`` and ``seeds`` (adding one must not
+    rerun the others); this job's own model and seed stand for them. The job records the
+    hash of this config in ``environment.json``; ``reproseg reproduce`` rebuilds it from a
+    recorded run config with this same function.
+    """
+    from reproseg.workflow_helpers import step_config
+
+    return step_config(
+        train={**train, "models": {model_name: model}, "seeds": [int(seed)]},
+        labels=labels,
+        preprocess=preprocess,
+    )
+
+
 def stop_after_env() -> int | None:
     value = os.environ.get(STOP_ENV, "").strip()
     if not value:

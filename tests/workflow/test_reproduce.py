@@ -40,7 +40,7 @@ def test_same_machine_rerun_is_bitwise(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_tampered_data_file_is_named(tiny_run: Path, tmp_path: Path) -> None:
     record = _copy_record(tiny_run, tmp_path / "rec")
-    image = sorted((record / "results/data/raw/images").glob("*.nii.gz"))[0]
+    image = min((record / "results/data/raw/images").glob("*.nii.gz"))
     data = bytearray(image.read_bytes())
     data[-10] ^= 0xFF
     image.write_bytes(bytes(data))
@@ -54,7 +54,7 @@ def test_tampered_data_file_is_named(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_missing_data_file_is_named(tiny_run: Path, tmp_path: Path) -> None:
     record = _copy_record(tiny_run, tmp_path / "rec")
-    label = sorted((record / "results/data/raw/labels").glob("*.nii.gz"))[0]
+    label = min((record / "results/data/raw/labels").glob("*.nii.gz"))
     label.unlink()
     report = reproduce(record, tmp_path / "out", REPO, rerun=False)
     assert any(label.name in d and "missing" in d for d in _check(report, "data")["differences"])
@@ -71,7 +71,9 @@ def test_edited_package_version_is_an_environment_difference(
     report = reproduce(record, tmp_path / "out", REPO, rerun=False)
     env_check = _check(report, "environment")
     assert env_check["status"] == "differed"
-    assert any(d.startswith("package numpy: recorded 0.0.1, now ") for d in env_check["differences"])
+    assert any(
+        d.startswith("package numpy: recorded 0.0.1, now ") for d in env_check["differences"]
+    )
     # An environment difference alone is not a failure of the data or the config.
     assert _check(report, "data")["status"] == "matched"
 
