@@ -340,6 +340,17 @@ def _checked_prediction(
     return image, img_aff, _label_values_ok(pred, labels, case.prediction)
 
 
+def _save_label_like(path: Path, label: np.ndarray, image_path: str | Path) -> None:
+    """Write a uint8 label with the NIfTI image's own header (qform and sform as stored),
+    so that both files give the identical affine in every reader."""
+    src = nib.load(str(image_path))
+    header = src.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    lab = type(src)(np.asarray(label, dtype=np.uint8), None, header=header)
+    write_bytes(path, gzip.compress(lab.to_bytes(), compresslevel=6, mtime=0))
+
+
 def _write_case(
     folder: Path, case: PredictedCase, image: np.ndarray, img_aff: np.ndarray, pred: np.ndarray
 ) -> None:
@@ -351,16 +362,11 @@ def _write_case(
     """
     image_out, label_out = folder / f"{case.case_id}.nii.gz", folder / f"{case.case_id}.seg.nii.gz"
     if str(case.image).lower().endswith((".nii.gz", ".nii")):
-        src = nib.load(str(case.image))
         raw = Path(case.image).read_bytes()
         if str(case.image).lower().endswith(".nii"):
             raw = gzip.compress(raw, compresslevel=6, mtime=0)
         write_bytes(image_out, raw)
-        header = src.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(1.0, 0.0)
-        lab = type(src)(pred, None, header=header)
-        write_bytes(label_out, gzip.compress(lab.to_bytes(), compresslevel=6, mtime=0))
+        _save_label_like(label_out, pred, case.image)
         return
     from reproseg.sources.local import image_dtype
 
@@ -730,7 +736,7 @@ def import_corrections(
     for case in sorted(checked, key=lambda c: int(rows_by_case[c]["rank"])):
         data, affine, pred = checked[case]
         label_path = out / "labels" / f"{case}_{CORRECTED_RATER}.nii.gz"
-        save_nifti(label_path, data, affine)
+        _save_label_like(label_path, data, export / rows_by_case[case]["image"])
         from reproseg.io import spacing_from_affine
 
         row = rows_by_case[case]

@@ -382,3 +382,8 @@ def test_qform_only_image_and_its_label_read_back_with_the_same_affine(tmp_path:
     assert np.array_equal(image.affine, label.affine)
     assert np.array_equal(np.asarray(label.dataobj), _label(0))
     assert label.get_data_dtype() == np.uint8
+    # The re-imported correction reads back with the image's affine too.
+    save_nifti(tmp_path / "export" / "corrected" / "q.seg.nii.gz", _label(1), label.affine)
+    C.import_corrections(tmp_path / "export", tmp_path / "dataset", who="x")
+    back = nib.load(tmp_path / "dataset" / "labels" / "q_corrected.nii.gz")
+    assert np.array_equal(back.affine, image.affine)
