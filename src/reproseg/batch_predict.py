@@ -89,8 +89,10 @@ def list_inputs(
     """(case ID, image path) of every input, sorted by case ID (a stable chunking).
 
     ``inputs`` is a folder (every ``*.nii`` / ``*.nii.gz`` in it, IDs from the file names)
-    or a CSV / TSV table with an image column (paths relative to the table's folder) and
-    optionally an ID column. Errors name the file and the problem.
+    or a CSV / TSV table with an image column and optionally an ID column: a hand-made
+    table (paths relative to its folder) or a pipeline manifest (``results/data/
+    manifest.tsv``, paths relative to the working directory; used when the path does not
+    exist next to the table). Errors name the file and the problem.
     """
     src = Path(inputs)
     if not str(inputs):
@@ -112,7 +114,8 @@ def list_inputs(
             if not row[image_column]:
                 raise ValueError(f"{src}: row {int(i) + 2}: empty {image_column!r}")
             path = Path(row[image_column])
-            path = path if path.is_absolute() else src.parent / path
+            if (not path.is_absolute() and (src.parent / path).exists()) or not path.exists():
+                path = src.parent / path  # relative to the table (else: to the working dir)
             cases.append((row[id_column] if id_column else _case_id(path), path))
     else:
         raise ValueError(f"{src}: predict.inputs is neither a folder nor a table file")

@@ -235,13 +235,18 @@ def test_a_broken_file_is_a_row_with_an_error_not_a_failed_chunk(tmp_path: Path)
 
 
 # -------------------------------------------------------------------------- inputs
-def test_inputs_from_a_folder_or_a_table(tmp_path: Path) -> None:
+def test_inputs_from_a_folder_or_a_table(tmp_path: Path, monkeypatch) -> None:
     for name in ("b.nii.gz", "a.nii", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert [c for c, _ in B.list_inputs(tmp_path)] == ["a", "b"]
     (tmp_path / "t.csv").write_text("id,path\nx,b.nii.gz\ny,/abs/c.nii.gz\n")
     cases = B.list_inputs(tmp_path / "t.csv", image_column="path", id_column="id")
     assert cases == [("x", tmp_path / "b.nii.gz"), ("y", Path("/abs/c.nii.gz"))]
+    # a pipeline manifest: paths relative to the working directory, not to the table
+    (tmp_path / "results" / "data").mkdir(parents=True)
+    (tmp_path / "results" / "data" / "manifest.tsv").write_text("case_id\timage\nq\ta.nii\n")
+    monkeypatch.chdir(tmp_path)
+    assert B.list_inputs("results/data/manifest.tsv", id_column="case_id") == [("q", Path("a.nii"))]
     with pytest.raises(ValueError, match=r"t\.csv: no column 'image'"):
         B.list_inputs(tmp_path / "t.csv")
     (tmp_path / "dup.tsv").write_text("image\nq/a.nii.gz\nr/a.nii.gz\n")
