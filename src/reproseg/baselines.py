@@ -33,7 +33,7 @@ __all__ = [
     "ThresholdAtlas",
     "fit_threshold_atlas",
     "predict_threshold_atlas",
-    "segment_liver",
+    "segment_foreground",
 ]
 
 #: Method name of this baseline in metrics.tsv.
@@ -161,8 +161,10 @@ def fit_threshold_atlas(
     )
 
 
-def segment_liver(image: np.ndarray, spacing: Sequence[float], model: ThresholdAtlas) -> np.ndarray:
-    """Whole-liver mask by windowing, morphology and the largest connected component."""
+def segment_foreground(
+    image: np.ndarray, spacing: Sequence[float], model: ThresholdAtlas
+) -> np.ndarray:
+    """Whole-foreground mask by an intensity window, morphology and the largest component."""
     smooth = _smooth(image, spacing, model.sigma_mm)
     low, high = model.window
     mask = (smooth >= low) & (smooth <= high)
@@ -192,7 +194,7 @@ def predict_threshold_atlas(
     if image.ndim != 3:
         raise ValueError(f"threshold_atlas: expected a 3D image, got shape {image.shape}")
     out = np.zeros(image.shape, dtype=np.uint8)
-    liver = segment_liver(image, spacing, model)
+    liver = segment_foreground(image, spacing, model)
     if not liver.any() or not model.centroids:
         return out
     values = np.array(sorted(model.centroids), dtype=np.uint8)

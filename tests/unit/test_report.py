@@ -101,6 +101,7 @@ def test_pick_cases_orders_by_liver_dice() -> None:
             "seed": 0,
             "split": "test",
             "class_name": "liver",
+            "class_index": 0,
             "case_id": ["a", "b", "c", "d", "e"],
             "dice": [0.5, 0.9, 0.1, 0.7, 0.3],
         }
