@@ -6,7 +6,21 @@ from reproseg.logs import run_logged
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = PredictConfig.model_validate(smk.params.predict)
-if smk.rule == "predict_batch_gather":
+if smk.rule == "predict_batch_omero":
+    from reproseg.batch_predict import upload_batch_to_omero
+    from reproseg.config import OmeroSource
+
+    run_logged(
+        smk.log,
+        upload_batch_to_omero,
+        OmeroSource.model_validate(smk.params.omero),
+        smk.input.table,
+        cfg.inputs,
+        smk.output.record,
+        model=cfg.model_uri or f"{smk.params.model_name} ({cfg.models} ensemble)",
+        run_id=smk.params.run_name,
+    )
+elif smk.rule == "predict_batch_gather":
     run_logged(
         smk.log,
         gather_batch,

@@ -41,9 +41,9 @@ import pandas as pd
 import torch
 
 from reproseg import predict as P
-from reproseg.config import PredictConfig, PredictQCConfig
+from reproseg.config import OmeroSource, PredictConfig, PredictQCConfig
 from reproseg.data import load_volume
-from reproseg.io import save_nifti, sha256_file, write_bytes, write_tsv
+from reproseg.io import save_nifti, sha256_file, write_bytes, write_json, write_tsv
 from reproseg.logs import get_logger, setup_logging
 from reproseg.predict_qc import case_qc, write_report
 
@@ -60,6 +60,7 @@ __all__ = [
     "predict_with_uncertainty",
     "save_unit_map",
     "tta_flips",
+    "upload_batch_to_omero",
 ]
 
 log = get_logger("batch_predict")
@@ -549,6 +550,54 @@ def gather_batch(
     n_flagged = int((df.get("flags", pd.Series(dtype=str)).astype(str) != "").sum())
     log.info("%d case(s), %d flagged -> %s", len(df), n_flagged, out_table)
     return df
+
+
+# ---------------------------------------------------------------------------- OMERO
+def upload_batch_to_omero(
+    omero: OmeroSource,
+    per_case: str | Path,
+    manifest: str | Path,
+    out_json: str | Path,
+    model: str,
+    run_id: str,
+    connect: Any = None,
+) -> list[int]:
+    """Attach each predicted case's labels to its OMERO source image, with provenance.
+
+    ``manifest`` is the input table, a pipeline manifest of an OMERO ingest (its
+    ``source_uri`` column, ``omero://host/Image:ID``, names each case's image); the upload
+    is :func:`reproseg.sources.omero.upload_predictions` (every case checked before anything
+    is sent; the model, run and file checksum stored as key-value pairs). Failed cases are
+    skipped. Writes ``out_json``: the cases, their Image IDs, model and run.
+    """
+    import shutil
+    import tempfile
+
+    from reproseg.sources.omero import upload_predictions
+
+    table = pd.read_csv(per_case, sep="\t", dtype=str, keep_default_na=False)
+    ok = table[table.get("error", "") == ""] if len(table) else table
+    with tempfile.TemporaryDirectory(prefix="reproseg-omero-") as tmp:
+        preds = []
+        for case_id, labels in zip(ok["case_id"], ok["labels_file"], strict=True):
+            dst = Path(tmp) / f"{case_id}.nii.gz"  # upload_predictions names cases by file
+            shutil.copyfile(labels, dst)
+            preds.append(dst)
+        ids = upload_predictions(
+            omero, Path(manifest), preds, model=model, run_id=run_id, connect=connect
+        )
+    write_json(
+        out_json,
+        {
+            "cases": list(ok["case_id"]),
+            "image_ids": ids,
+            "skipped_failed": sorted(set(table["case_id"]) - set(ok["case_id"])),
+            "model": model,
+            "run_id": run_id,
+        },
+    )
+    log.info("%d prediction(s) attached in OMERO", len(ids))
+    return ids
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -533,6 +533,11 @@ class PredictConfig(_Strict):
         "flip (axis 0) is refused.",
     )
     chunks: int = Field(4, ge=1, description="Snakemake jobs (chunks of images); --set-scatter.")
+    omero_upload: bool = Field(
+        False,
+        description="Attach each case's labels to its OMERO source image (inputs: the manifest "
+        "of an OMERO ingest, with source_uri; server from source.omero).",
+    )
     qc: PredictQCConfig = Field(default_factory=PredictQCConfig)
 
     @model_validator(mode="after")

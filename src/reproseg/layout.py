@@ -61,6 +61,7 @@ __all__ = [
     "PREDICTIONS",
     "PREDICT_BATCH_CASES",
     "PREDICT_BATCH_CHUNK",
+    "PREDICT_BATCH_OMERO",
     "PREDICT_BATCH_REPORT",
     "PREDICT_BATCH_TABLE",
     "PREDICT_IMAGE",
@@ -172,6 +173,8 @@ PREDICT_BATCH_CHUNK = "results/predict_batch/chunks/{scatteritem}.tsv"
 PREDICT_BATCH_CASES = "results/predict_batch/cases"
 PREDICT_BATCH_TABLE = "results/predict_batch/per_case.tsv"
 PREDICT_BATCH_REPORT = "results/predict_batch/report.html"
+#: Record of the optional write-back of the labels to OMERO (predict.omero_upload).
+PREDICT_BATCH_OMERO = "results/predict_batch/omero_upload.json"
 
 # --- publishing (reproseg.publish.*, reproseg.rocrate) and the report ----------------------
 MLFLOW_RECORD = "results/publish/mlflow.json"

@@ -265,18 +265,20 @@ def test_dry_run_has_one_job_per_chunk_and_one_gather(tmp_path: Path, set_scatte
     config's chunk count, as on a cluster."""
     import re
 
-    from reproseg import layout
     from tests.conftest import run_snakemake
 
     images = tmp_path / "images"
     images.mkdir()
     overlay = tmp_path / "predict.yaml"
-    overlay.write_text(f"predict:\n  enabled: true\n  inputs: {images}\n  chunks: 3\n")
+    upload = bool(set_scatter)  # the OMERO write-back rule joins `rule all` when asked for
+    overlay.write_text(
+        f"predict:\n  enabled: true\n  inputs: {images}\n  chunks: 3\n"
+        f"  omero_upload: {str(upload).lower()}\n"
+    )
     extra = ["--set-scatter", f"predict_batch={set_scatter}"] if set_scatter else []
     proc = run_snakemake(
         tmp_path,
-        layout.PREDICT_BATCH_REPORT,
-        "-n",
+        "-n",  # the default target (rule all): predict.enabled adds the batch outputs
         *extra,
         configfiles=("config/test.yaml", str(overlay)),
     )
@@ -285,6 +287,7 @@ def test_dry_run_has_one_job_per_chunk_and_one_gather(tmp_path: Path, set_scatte
     assert counts.get("predict_batch") == str(set_scatter or 3), text[-2000:]
     assert counts.get("predict_batch_gather") == "1", text[-2000:]
     assert "train" in counts  # the ensemble members come from the pipeline's own training
+    assert counts.get("predict_batch_omero") == ("1" if upload else None), text[-2000:]
 
 
 # ------------------------------------------------------------------ other model sources
@@ -385,3 +388,50 @@ def test_published_ensemble_from_the_mlflow_registry_by_alias(tmp_path: Path) ->
     assert np.array_equal(_labels(loaded, image, affine), _labels(direct, image, affine))
     assert len(B.load_members([weights])) == 2  # the weights file itself, from disk
     assert loaded[0][1]["fingerprint"] == FINGERPRINT  # QC keeps its reference
+
+
+# ------------------------------------------------------------------------- OMERO write-back
+def test_batch_labels_are_attached_to_their_omero_images(tmp_path: Path, monkeypatch) -> None:
+    """Against the in-memory fake OMERO server (tests/fakes): the manifest of an OMERO ingest
+    as the input table, the batch table's label files attached with provenance."""
+    from reproseg import manifest as mf
+    from reproseg.io import read_json, sha256_file, write_tsv
+    from reproseg.sources import omero as om
+    from reproseg.sources.omero import session as om_session
+    from tests.fakes import omero_fake as fake
+    from tests.unit.test_omero import HOST, LABELS, PASSWORD, add_case, label_volume, ocfg
+
+    fake.install(monkeypatch)  # as test_omero's `server` fixture
+    for var in ("OMERO_HOST", "OMERO_PORT", "OMERO_USER", "OMERO_SESSION_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMERO_PASSWORD", PASSWORD)
+    monkeypatch.setattr(om_session, "RETRY_BACKOFF_S", 0.0)
+    server = fake.FakeServer(HOST, users={"alice": PASSWORD})
+    iids = [add_case(server, f"src{i}", i + 1) for i in range(2)]
+    records = om.fetch(ocfg(image_ids=iids), LABELS, tmp_path / "raw")
+    mf.write_manifest(
+        mf.build_manifest(mf.describe_case(r) for r in records), tmp_path / "data", {}
+    )
+    rows = []
+    for i, rec in enumerate(records):
+        labels = tmp_path / "cases" / f"{rec.case_id}_labels.nii.gz"
+        save_nifti(labels, label_volume(), np.diag([0.8, 0.7, 2.5, 1.0]))
+        rows.append({"case_id": rec.case_id, "labels_file": str(labels), "error": ""})
+    rows.append({"case_id": "broken", "labels_file": "", "error": "ValueError: unreadable"})
+    write_tsv(tmp_path / "per_case.tsv", pd.DataFrame(rows))
+    ids = B.upload_batch_to_omero(
+        ocfg(),
+        tmp_path / "per_case.tsv",
+        tmp_path / "data" / "manifest.tsv",
+        tmp_path / "omero.json",
+        model="unet (fold ensemble)",
+        run_id="synthetic-liver",
+    )
+    by_case = {r.case_id: iid for r, iid in zip(records, iids, strict=True)}
+    assert sorted(ids) == sorted(iids)
+    for rec in records:
+        prov = server.map_pairs(by_case[rec.case_id], om.NS_PREDICTION)
+        assert prov["model"] == "unet (fold ensemble)" and prov["run_id"] == "synthetic-liver"
+        assert prov["sha256"] == sha256_file(tmp_path / "cases" / f"{rec.case_id}_labels.nii.gz")
+    record = read_json(tmp_path / "omero.json")
+    assert record["skipped_failed"] == ["broken"] and len(record["image_ids"]) == 2

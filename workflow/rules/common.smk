@@ -76,4 +76,7 @@ def predict_batch_targets():
     """Batch-prediction outputs requested by `rule all` when predict.enabled."""
     if not CFG.predict.enabled:
         return []
-    return [layout.PREDICT_BATCH_TABLE, layout.PREDICT_BATCH_REPORT]
+    targets = [layout.PREDICT_BATCH_TABLE, layout.PREDICT_BATCH_REPORT]
+    if CFG.predict.omero_upload:
+        targets.append(layout.PREDICT_BATCH_OMERO)
+    return targets

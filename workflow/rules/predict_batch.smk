@@ -56,3 +56,28 @@ rule predict_batch_gather:
         code=code_hash("reproseg.batch_predict", "reproseg.predict_qc"),
     script:
         "../../scripts/predict_batch.py"
+
+
+# Optional write-back to OMERO (predict.omero_upload): the labels of every predicted case are
+# attached to the case's source image (reproseg.sources.omero.upload_predictions).
+rule predict_batch_omero:
+    input:
+        table=layout.PREDICT_BATCH_TABLE,
+        inputs=predict_batch_inputs(),
+    output:
+        record=layout.PREDICT_BATCH_OMERO,
+    log:
+        "logs/predict_batch/omero.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    params:
+        predict=CFG.predict.model_dump(),
+        omero=CFG.source.omero.model_dump(),
+        run_name=CFG.run_name,
+        model_name=CFG.predict.model or MODELS[0],
+    script:
+        "../../scripts/predict_batch.py"
