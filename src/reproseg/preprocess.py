@@ -31,6 +31,7 @@ rule runs :func:`preprocess_chunk` on chunks of cases (Snakemake ``scattergather
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import tempfile
@@ -339,23 +340,50 @@ def preprocess_case(
 
 
 def _write_entry(target: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write a cache entry to a temporary directory, then rename it into place."""
+    """Write a cache entry to a temporary directory, then rename it into place.
+
+    Several jobs may make the same entry at once (a training job rebuilding a missing entry
+    while another does, two chunks whose cases share image and label files): the first
+    complete entry wins and is never deleted, because other jobs may already read it
+    through memory maps. The entry is a function of its key, so the loser just drops its
+    copy (see :func:`_install`).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for name, arr in arrays.items():
             np.save(tmp / name, arr, allow_pickle=False)
         write_json(tmp / "meta.json", meta)
-        if target.exists():  # an incomplete or stale entry: replace it
-            shutil.rmtree(target)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _complete(target, meta["key"]):  # lost a race: keep the winner if valid
-                raise
+        _install(tmp, target, meta["key"])
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, target: Path, key: str, attempts: int = 5) -> None:
+    """Rename the finished entry ``tmp`` to ``target``, keeping a complete entry already there.
+
+    An incomplete entry in the way (left by a killed job or a hand edit; complete entries
+    only ever appear by rename) is first renamed aside, then deleted, so the directory is
+    never half deleted under its name.
+    """
+    for _ in range(attempts):
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+                raise OSError(f"{target}: cannot rename the new cache entry into place: {exc}")
+        if _complete(target, key):
+            return  # another job made the same entry first: keep it (same key, same content)
+        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=target.parent))
+        try:
+            os.rename(target, stale / "entry")
+        except FileNotFoundError:
+            pass  # another job moved it aside first
+        finally:
+            shutil.rmtree(stale, ignore_errors=True)
+    raise OSError(f"{target}: cache entry still in the way after {attempts} attempts")
 
 
 _ENTRY_FILES = ("image.npy", "label.npy", "fg_indices.npy", "sample.npy", "meta.json")
@@ -367,7 +395,7 @@ def _complete(path: Path, key: str) -> bool:
         return False
     try:
         return read_json(path / "meta.json").get("key") == key
-    except ValueError:
+    except (OSError, ValueError):  # removed or half written meanwhile
         return False
 
 
