@@ -12,12 +12,21 @@ The cluster comes from ``start_local_cluster.sh`` (fixture ``slurm_cluster``). S
 no accounting database, Snakemake polls ``squeue`` (``--slurm-status-command squeue``); the
 cluster's MinJobAge=600 keeps finished jobs visible there.
 
+The SLURM runs use a frozen copy of the working tree (fixture ``repo_snapshot``): every SLURM
+job starts its own Snakemake, which parses the Snakefile, validates the config against the
+schema and imports the library again, from disk, minutes after the run started. In a working
+copy that changes meanwhile (a config key added before the schema is regenerated), jobs then
+fail within seconds, before their step starts ("Error validating config file"), while earlier
+jobs of the same run succeeded.
+
 The static checks at the end (profiles, conda environments, container recipes) need no cluster.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -39,19 +48,57 @@ NO_PUBLISH = {"publish": {"mlflow": {"enabled": False}, "bioimageio": {"enabled"
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
 
 
-def slurm_command(workdir: Path, overlay: Path, *targets: str) -> list[str]:
-    """The Snakemake command line of a SLURM run of the tiny config in ``workdir``."""
+@pytest.fixture(scope="module")
+def repo_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository's working tree (tracked and untracked, not ignored files),
+    taken when the SLURM tests start: the SLURM jobs read the workflow, config, schema,
+    scripts and library from it, so edits made to the working tree during the run (minutes
+    long) cannot reach jobs started later. What is tested is the tree at this moment."""
+    return snapshot_repo(tmp_path_factory.mktemp("repo"))
+
+
+def snapshot_repo(dest: Path) -> Path:
+    """Copy the working tree's tracked and untracked (not ignored) files to ``dest``."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    for rel in filter(None, listing.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():  # a tracked file deleted in the working tree is not copied
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    if not (dest / "workflow" / "Snakefile").is_file():
+        raise AssertionError(f"{dest}: the snapshot of {REPO} has no workflow/Snakefile")
+    return dest
+
+
+def snapshot_env(snapshot: Path) -> dict[str, str]:
+    """Environment of a SLURM run from ``snapshot``: its library first on the Python path
+    (ahead of the venv's editable install of the live tree), inherited by the SLURM jobs."""
+    env = snakemake_env()
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(snapshot / "src"), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+def slurm_command(workdir: Path, overlay: Path, *targets: str, repo: Path = REPO) -> list[str]:
+    """The Snakemake command line of a SLURM run of the tiny config in ``workdir``, with the
+    workflow, configs and profile of ``repo`` (the repository or a snapshot of it)."""
     return [
         str(VENV_BIN / "snakemake"),
         "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
+        str(repo / "workflow" / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",
-        str(REPO / "config" / "test.yaml"),
+        str(repo / "config" / "test.yaml"),
         str(overlay),
         "--profile",
-        str(REPO / "profiles" / "slurm"),
+        str(repo / "profiles" / "slurm"),
         "--executor",
         "slurm",
         # No slurmdbd on the test cluster: poll squeue, and poll early (tiny jobs).
@@ -162,15 +209,15 @@ def manifest_content(path: Path) -> pd.DataFrame:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_tiny_workflow_on_slurm_equals_local_run(
-    slurm_cluster: None, tiny_run: Path, tmp_path: Path
+    slurm_cluster: None, tiny_run: Path, repo_snapshot: Path, tmp_path: Path
 ) -> None:
     workdir = tmp_path / "run"
     workdir.mkdir()
-    cmd = slurm_command(workdir, write_overlay(tmp_path))
+    cmd = slurm_command(workdir, write_overlay(tmp_path), repo=repo_snapshot)
     proc = subprocess.run(
         cmd,
         cwd=workdir,
-        env=snakemake_env(),
+        env=snapshot_env(repo_snapshot),
         text=True,
         capture_output=True,
         timeout=1800,
@@ -231,17 +278,19 @@ def check_slurm_run(workdir: Path, log: str, tiny_run: Path) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path: Path) -> None:
+def test_scancelled_job_is_retried(
+    slurm_cluster: None, tiny_run: Path, repo_snapshot: Path, tmp_path: Path
+) -> None:
     workdir = tmp_path / "run"
     workdir.mkdir()
     target = "results/models/unet/fold0/seed0/model.pt"
-    cmd = slurm_command(workdir, write_overlay(tmp_path), target)
+    cmd = slurm_command(workdir, write_overlay(tmp_path), target, repo=repo_snapshot)
     log_path = tmp_path / "snakemake.log"
     with log_path.open("w") as log_fh:
         proc = subprocess.Popen(
             cmd,
             cwd=workdir,
-            env=snakemake_env(),
+            env=snapshot_env(repo_snapshot),
             text=True,
             stdout=log_fh,
             stderr=subprocess.STDOUT,
@@ -298,6 +347,30 @@ def test_scancelled_job_is_retried(slurm_cluster: None, tiny_run: Path, tmp_path
 
 
 # --- Static checks of the deployment files (no cluster needed) ---------------------------
+
+
+def test_repo_snapshot_is_what_the_slurm_runs_import(tmp_path: Path) -> None:
+    """The snapshot holds the workflow, schema, profiles and library as they are now, and a
+    process started with ``snapshot_env`` (as the SLURM jobs are) imports ``reproseg`` from
+    the snapshot, not from the venv's editable install of the live tree."""
+    snap = snapshot_repo(tmp_path / "repo")
+    for rel in (
+        "workflow/schemas/config.schema.yaml",
+        "config/config.yaml",
+        "profiles/slurm/config.yaml",
+        "src/reproseg/preprocess.py",
+    ):
+        assert (snap / rel).read_bytes() == (REPO / rel).read_bytes(), rel
+    assert not (snap / ".venv").exists() and not (snap / ".git").exists()
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", "import reproseg; print(reproseg.__file__)"],
+        env=snapshot_env(snap),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(out).resolve() == (snap / "src" / "reproseg" / "__init__.py").resolve(), out
 
 
 def test_slurm_record_parsers() -> None:
