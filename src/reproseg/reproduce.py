@@ -42,7 +42,7 @@ from reproseg.config import load_config
 from reproseg.environment import capture_environment, git_commit
 from reproseg.io import read_json, sha256_file, sha256_json, write_json, write_text
 from reproseg.logs import get_logger
-from reproseg.train import job_config
+from reproseg.train import job_config, job_config_sha256
 
 __all__ = [
     "BITWISE",
@@ -285,7 +285,7 @@ def check_config(record: Record) -> Check:
             cfg.labels,
             cfg.preprocess.model_dump(),
         )
-        if recorded != sha256_json(expected.model_dump(mode="json")):
+        if recorded != job_config_sha256(expected):
             diffs.append(f"{job}: trained with another config (config_sha256 differs)")
     digest = sha256_json(cfg.model_dump(mode="json"))
     if diffs:

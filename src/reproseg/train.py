@@ -576,7 +576,7 @@ def train_model(
         history,
         pre,
         capture_environment(
-            config_sha256=sha256_json(cfg.model_dump(mode="json")),
+            config_sha256=job_config_sha256(cfg),
             manifest_sha256=sha256_file(manifest_path),
         )
         | {"device": str(device), "amp": use_amp},
@@ -638,6 +638,19 @@ def job_config(
         labels=labels,
         preprocess=preprocess,
     )
+
+
+#: The config sections a training job reads (the ones its rule passes as params).
+JOB_SECTIONS = frozenset({"train", "labels", "preprocess"})
+
+
+def job_config_sha256(cfg: Config) -> str:
+    """Hash of the sections a training job reads, recorded in its ``environment.json``.
+
+    Only those sections: a later code version that adds a config section (with its
+    defaults) must not make an old job look as if it had been trained with another config.
+    """
+    return sha256_json(cfg.model_dump(mode="json", include=set(JOB_SECTIONS)))
 
 
 def stop_after_env() -> int | None:
