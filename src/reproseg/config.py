@@ -107,9 +107,9 @@ class RandomisedSynthetic(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> RandomisedSynthetic:
         for name, value in self:
-            if isinstance(value, list) and value and isinstance(value[0], float):
-                if value[0] > value[1]:
-                    raise ValueError(f"source.synthetic.randomised.{name}: low > high {value}")
+            is_range = isinstance(value, list) and value and isinstance(value[0], float)
+            if is_range and value[0] > value[1]:
+                raise ValueError(f"source.synthetic.randomised.{name}: low > high {value}")
         return self
 
 
