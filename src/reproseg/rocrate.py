@@ -25,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import datetime as _dt
+import fnmatch
 import json
 import os
 import shutil
@@ -87,10 +88,19 @@ WORKFLOW_SNAPSHOT = (
 #: database), temporary files, and the crate's own outputs.
 EXCLUDE_NAMES = {"checkpoint.pt", "ro-crate-metadata.json", "ro-crate.zip", "ro-crate-preview.html"}
 EXCLUDE_DIRS = {"mlflow", "mlruns", "__pycache__", ".snakemake"}
-#: Image data (raw volumes and predictions made from them) stays out: a dataset's license or
-#: patients' consent rarely allows redistribution. The manifest (sha256 and source URI of
-#: every file) and the actions still identify them.
-EXCLUDE_PREFIXES = ("data/raw/", "predictions/")
+#: Image data (raw volumes, their resampled copies in the preprocessing cache, and
+#: predictions made from them, for the development data and every external cohort) stays
+#: out: a dataset's license or patients' consent rarely allows redistribution, and the cache
+#: is as large as the dataset. The manifests (sha256 and source URI of every file) and the
+#: actions still identify them. ``fnmatch`` patterns, relative to ``results/``.
+EXCLUDE_PREFIXES = (
+    "data/raw/*",
+    "predictions/*",
+    "cache/*",
+    "external/*/data/raw/*",
+    "external/*/predictions/*",
+    "predict_batch/cases/*",
+)
 
 
 @dataclass
@@ -199,7 +209,7 @@ def crate_files(results: Path) -> list[Path]:
             continue
         if any(part in EXCLUDE_DIRS for part in rel.parts[:-1]) or ".tmp" in p.name:
             continue
-        if rel.as_posix().startswith(EXCLUDE_PREFIXES):
+        if any(fnmatch.fnmatch(rel.as_posix(), pattern) for pattern in EXCLUDE_PREFIXES):
             continue
         files.append(p)
     return files

@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 
+from reproseg import layout
 from reproseg.io import sha256_file
 from reproseg.workflow_helpers import code_hash
 
@@ -232,7 +233,9 @@ def test_train_param_reruns_training_and_downstream_only(
     assert not UPSTREAM & jobs.keys(), jobs
 
 
-def test_library_code_change_reruns_its_step(finished_run: Path, tmp_path: Path) -> None:
+def test_library_code_change_reruns_its_step(
+    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Editing reproseg/aggregate.py reruns aggregation (and downstream), not training.
 
     A copy of the repository with one module changed runs the dry run; only the `params`
@@ -247,6 +250,9 @@ def test_library_code_change_reruns_its_step(finished_run: Path, tmp_path: Path)
     triggers = ("--rerun-triggers", "mtime", "params")
     unchanged = planned_jobs(finished_run, args=triggers)
     assert unchanged == {}, unchanged
+    # The rules hash the library that Snakemake imports: the copy's, as a user's edited
+    # checkout would be (the workflow no longer edits sys.path; the package is installed).
+    monkeypatch.setenv("PYTHONPATH", str(repo / "src"))
     jobs = planned_jobs(finished_run, args=triggers, snakefile=repo / "workflow" / "Snakefile")
     assert "aggregate" in jobs and "report" in jobs, jobs
     assert "train" not in jobs and "evaluate" not in jobs and not UPSTREAM & jobs.keys(), jobs
@@ -287,7 +293,11 @@ def test_large_outputs_are_ensured_non_empty() -> None:
     text = "\n".join(
         p.read_text(encoding="utf-8") for p in (REPO / "workflow" / "rules").glob("*.smk")
     )
-    ensured = re.findall(r'ensure\(\s*"([^"]+)"\s*,\s*non_empty=True', text)
+    # Rules name their paths through reproseg.layout (ensure(layout.MANIFEST, ...)).
+    ensured = [
+        getattr(layout, name)
+        for name in re.findall(r"ensure\(\s*layout\.(\w+)\s*,\s*non_empty=True", text)
+    ]
     for name in LARGE_OUTPUTS:
         assert any(path.endswith(name) for path in ensured), (
             f"no rule declares its {name} output with ensure(..., non_empty=True); ensured: {ensured}"

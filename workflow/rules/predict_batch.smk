@@ -79,5 +79,6 @@ rule predict_batch_omero:
         omero=CFG.source.omero.model_dump(),
         run_name=CFG.run_name,
         model_name=CFG.predict.model or MODELS[0],
+        code=code_hash("reproseg.batch_predict", "reproseg.sources.omero.push"),
     script:
         "../../scripts/predict_batch.py"

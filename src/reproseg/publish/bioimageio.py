@@ -891,6 +891,10 @@ def validate_package(source: Path) -> dict[str, Any]:
 
     summary = test_description(source)
     record = json.loads(summary.model_dump_json())
+    # bioimageio.core collects its environment from a set: sort it so the record is stable.
+    for key in ("env",):
+        if isinstance(record.get(key), list):
+            record[key] = sorted(record[key], key=json.dumps)
     if summary.status != "passed":
         failures = [
             f"{d.name}: {[e.msg for e in d.errors]}"
