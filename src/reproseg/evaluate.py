@@ -39,6 +39,7 @@ __all__ = [
     "cli",
     "evaluate_baseline",
     "evaluate_models",
+    "fit_fold_baseline",
     "fold_cases",
     "read_splits",
 ]
@@ -211,6 +212,19 @@ def evaluate_models(
 
 
 # --------------------------------------------------------------------------- baselines
+def fit_fold_baseline(
+    name: str, reader: CaseReader, train_cases: list[str], labels: dict[int, str]
+) -> baselines.ThresholdAtlas:
+    """Fit baseline ``name`` on a fold's training cases (the one fit for every evaluation)."""
+    if name != "threshold_atlas":
+        raise ValueError(f"evaluate: unknown baseline {name!r} (known: threshold_atlas)")
+    train = []
+    for case in train_cases:
+        image, label, spacing, _ = reader.load(case)
+        train.append((image, label, spacing))
+    return baselines.fit_threshold_atlas(train, labels)
+
+
 def evaluate_baseline(
     name: str,
     manifest_path: str | Path,
@@ -225,19 +239,16 @@ def evaluate_baseline(
     ``params_path`` (optional) receives the fitted parameters as JSON, so the baseline's
     "model" is inspectable and reproducible like the learned ones.
     """
-    if name != "threshold_atlas":
-        raise ValueError(f"evaluate: unknown baseline {name!r} (known: threshold_atlas)")
     method = baselines.METHOD
-    splits = read_splits(splits_path)
-    cases = fold_cases(splits, fold, splits_path)
+    cases = fold_cases(read_splits(splits_path), fold, splits_path)
     reader = CaseReader(manifest_path)
-    train = []
-    for case in cases["train"]:
-        image, label, spacing, _ = reader.load(case)
-        train.append((image, label, spacing))
-    fitted = baselines.fit_threshold_atlas(train, cfg.labels)
+    fitted = fit_fold_baseline(name, reader, cases["train"], cfg.labels)
     log.info(
-        "%s fold %d: window %s from %d training cases", method, fold, fitted.window, len(train)
+        "%s fold %d: window %s from %d training cases",
+        method,
+        fold,
+        fitted.window,
+        len(cases["train"]),
     )
     if params_path is not None:
         write_json(params_path, {"method": method, "fold": int(fold), **fitted.to_dict()})

@@ -249,17 +249,19 @@ def evaluate_external_baseline(
     """Fit baseline ``name`` on the fold's training cases (development data, exactly as
     :func:`reproseg.evaluate.evaluate_baseline` does) and evaluate it on the cohort."""
     from reproseg import baselines
-    from reproseg.evaluate import CaseReader, _log_case, _rows, _table, fold_cases, read_splits
+    from reproseg.evaluate import (
+        CaseReader,
+        _log_case,
+        _rows,
+        _table,
+        fit_fold_baseline,
+        fold_cases,
+        read_splits,
+    )
 
-    if name != "threshold_atlas":
-        raise ValueError(f"evaluate: unknown baseline {name!r} (known: threshold_atlas)")
     method = baselines.METHOD
-    dev = CaseReader(manifest_path)
-    train = []
-    for case in fold_cases(read_splits(splits_path), fold, splits_path)["train"]:
-        image, label, spacing, _ = dev.load(case)
-        train.append((image, label, spacing))
-    fitted = baselines.fit_threshold_atlas(train, cfg.labels)
+    train_cases = fold_cases(read_splits(splits_path), fold, splits_path)["train"]
+    fitted = fit_fold_baseline(name, CaseReader(manifest_path), train_cases, cfg.labels)
     lut = projection_lut(cohort, cfg.labels)
     split = split_name(cohort.name)
     reader = CaseReader(cohort_manifest)
